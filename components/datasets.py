@@ -1,0 +1,272 @@
+"""Data sources → the canonical tables, and canonical tables → the models' tensors.
+
+Canonical tables (see ARCHITECTURE.md): ``interactions`` (user_id, item_id, event_timestamp, rating),
+``users`` (user_id, age_bucket, gender, occupation, zip_prefix, event_timestamp) and ``items``
+(item_id, title, genres, year, event_timestamp).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.data import SequenceData
+from models.schema import Schema
+
+logger = logging.getLogger(__name__)
+
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+]
+AGE_BUCKETS = [0, 18, 25, 35, 45, 50, 56, 200]
+USER_CATEGORICAL = ["gender", "age_bucket", "occupation"]
+
+
+@dataclass
+class Tables:
+    interactions: pd.DataFrame
+    users: pd.DataFrame
+    items: pd.DataFrame
+
+    def write(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("interactions", "users", "items"):
+            getattr(self, name).to_parquet(directory / f"{name}.parquet", index=False)
+        return directory
+
+    @classmethod
+    def read(cls, directory: str | Path) -> Tables:
+        directory = Path(directory)
+        return cls(*(pd.read_parquet(directory / f"{n}.parquet") for n in ("interactions", "users", "items")))
+
+    def fingerprint(self) -> str:
+        """Content hash of the interactions: the split is reproducible from it."""
+        h = hashlib.sha256()
+        cols = self.interactions[["user_id", "item_id", "event_timestamp"]]
+        h.update(pd.util.hash_pandas_object(cols, index=False).values.tobytes())
+        return h.hexdigest()[:16]
+
+
+def _age_bucket(age: pd.Series) -> pd.Series:
+    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(AGE_BUCKETS[:-1], AGE_BUCKETS[1:], strict=True)]
+    return pd.cut(age, AGE_BUCKETS, right=False, labels=labels).astype(str)
+
+
+def ml100k_dir(path: str | None = None) -> Path:
+    """The MovieLens-100K directory: ``path``, else ``$RECALL_ML100K_DIR``, else ``../shared/data/ml-100k``."""
+    candidates = [path, os.environ.get("RECALL_ML100K_DIR"), str(Path(__file__).resolve().parents[2] / "shared/data/ml-100k")]
+    for c in candidates:
+        if c and (Path(c) / "u.data").exists():
+            return Path(c)
+    raise FileNotFoundError(
+        f"MovieLens-100K not found (looked in {[c for c in candidates if c]}); set RECALL_ML100K_DIR to the "
+        "directory holding u.data, u.user and u.item"
+    )
+
+
+def load_ml100k(path: str | None = None) -> Tables:
+    """Reads ``u.data``, ``u.user`` and ``u.item`` into the canonical tables (file order kept)."""
+    d = ml100k_dir(path)
+    inter = pd.read_csv(d / "u.data", sep="\t", names=["user_id", "item_id", "rating", "ts"])
+    inter = pd.DataFrame({
+        "user_id": inter.user_id.astype("int64"),
+        "item_id": inter.item_id.astype("int64"),
+        "event_timestamp": pd.to_datetime(inter.ts, unit="s", utc=True),
+        "rating": inter.rating.astype("float64"),
+    })
+    first_seen = inter.groupby("user_id").event_timestamp.min()
+    u = pd.read_csv(d / "u.user", sep="|", names=["user_id", "age", "gender", "occupation", "zip"])
+    users = pd.DataFrame({
+        "user_id": u.user_id.astype("int64"),
+        "age_bucket": _age_bucket(u.age),
+        "gender": u.gender.astype(str),
+        "occupation": u.occupation.astype(str),
+        "zip_prefix": u.zip.astype(str).str[:2],
+    })
+    users["event_timestamp"] = users.user_id.map(first_seen).fillna(inter.event_timestamp.min())
+    cols = ["item_id", "title", "release", "video_release", "url", *ML100K_GENRES]
+    it = pd.read_csv(d / "u.item", sep="|", names=cols, encoding="latin-1")
+    flags = it[ML100K_GENRES].to_numpy().astype(bool)
+    year = pd.to_datetime(it.release, format="%d-%b-%Y", errors="coerce").dt.year
+    items = pd.DataFrame({
+        "item_id": it.item_id.astype("int64"),
+        "title": it.title.fillna("").astype(str),
+        "genres": [[g for g, f in zip(ML100K_GENRES, row, strict=True) if f] for row in flags],
+        "year": year.fillna(0).astype("int64"),
+    })
+    items["event_timestamp"] = inter.event_timestamp.min()
+    return Tables(inter, users, items)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_users: int = 1000
+    n_items: int = 500
+    n_interactions: int = 50_000
+    n_clusters: int = 8
+    p_popular: float = 0.15  # chance an event ignores taste and follows global popularity
+    p_drift: float = 0.08  # chance per event that the user's current taste cluster changes
+    zipf: float = 1.1  # popularity skew of items
+    seed: int = 0
+
+
+def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> Tables:
+    """Deterministic synthetic data with planted taste clusters, sequential drift and popularity skew.
+
+    Each item belongs to one cluster (its genre). Each user has a home cluster and a current cluster:
+    an event picks, popularity-weighted, an item of the current cluster (or, with ``p_popular``, any
+    item); the current cluster drifts with ``p_drift`` (to a random cluster half the time, else back
+    home). Repeated (user, item) pairs are dropped, so a user never interacts with an item twice.
+    """
+    if cfg.n_items < cfg.n_clusters or cfg.n_users < 1:
+        raise ValueError(f"need n_items ≥ n_clusters ≥ 1 and n_users ≥ 1, got {cfg}")
+    rng = np.random.default_rng(cfg.seed)
+    n_items, n_users, C = cfg.n_items, cfg.n_users, cfg.n_clusters
+    item_cluster = rng.permutation(np.arange(n_items) % C)
+    pop = 1.0 / np.arange(1, n_items + 1) ** cfg.zipf
+    pop = pop[rng.permutation(n_items)]
+    # Per-cluster cumulative popularity tables for vectorised sampling.
+    members = [np.flatnonzero(item_cluster == c) for c in range(C)]
+    cum = [np.cumsum(pop[m]) / pop[m].sum() for m in members]
+    glob_cum = np.cumsum(pop) / pop.sum()
+
+    home = rng.integers(0, C, n_users)
+    mean_len = cfg.n_interactions / n_users
+    lengths = np.maximum(5, rng.lognormal(np.log(mean_len) - 0.3, 0.75, n_users).astype(int))
+    lengths = np.minimum(lengths, n_items // 2)
+    # Oversample by a margin: repeats are dropped afterwards.
+    max_len = int(lengths.max() * 1.3) + 1
+    current = home.copy()
+    events = np.full((n_users, max_len), -1, dtype=np.int64)
+    for step in range(max_len):
+        drift = rng.random(n_users) < cfg.p_drift
+        jump = rng.random(n_users) < 0.5
+        current = np.where(drift, np.where(jump, rng.integers(0, C, n_users), home), current)
+        r = rng.random(n_users)
+        popular = rng.random(n_users) < cfg.p_popular
+        chosen = np.empty(n_users, dtype=np.int64)
+        chosen[popular] = np.searchsorted(glob_cum, r[popular]).clip(max=n_items - 1)
+        for c in range(C):
+            sel = (~popular) & (current == c)
+            chosen[sel] = members[c][np.searchsorted(cum[c], r[sel]).clip(max=len(members[c]) - 1)]
+        events[:, step] = chosen
+    user_idx = np.repeat(np.arange(n_users), max_len)
+    df = pd.DataFrame({"user_id": user_idx + 1, "item_id": events.ravel() + 1, "step": np.tile(np.arange(max_len), n_users)})
+    df = df.drop_duplicates(["user_id", "item_id"], keep="first")
+    df = df[df.groupby("user_id").cumcount() < lengths[df.user_id.to_numpy() - 1]]
+    start = pd.Timestamp("2024-01-01", tz="UTC").value // 10**9
+    user_start = start + rng.integers(0, 180 * 86400, n_users)
+    gaps = rng.exponential(6 * 3600, len(df)).astype(np.int64) + 60
+    df = df.sort_values(["user_id", "step"], kind="stable")
+    ts = user_start[df.user_id.to_numpy() - 1] + df.assign(g=gaps).groupby("user_id").g.cumsum().to_numpy()
+    interactions = pd.DataFrame({
+        "user_id": df.user_id.to_numpy(dtype=np.int64),
+        "item_id": df.item_id.to_numpy(dtype=np.int64),
+        "event_timestamp": pd.to_datetime(ts, unit="s", utc=True),
+        "rating": rng.integers(1, 6, len(df)).astype(np.float64),
+    })
+    occupations = [f"occ{i}" for i in range(C * 2)]
+    users = pd.DataFrame({
+        "user_id": np.arange(1, n_users + 1, dtype=np.int64),
+        "age_bucket": np.array(["18-24", "25-34", "35-44", "45-49", "50-55"])[rng.integers(0, 5, n_users)],
+        "gender": np.where(rng.random(n_users) < 0.5, "F", "M"),
+        # Occupation carries a noisy signal of the home cluster, as profiles do in real data.
+        "occupation": [occupations[2 * h + int(b)] for h, b in zip(home, rng.random(n_users) < 0.5, strict=True)],
+        "zip_prefix": [f"{z:02d}" for z in rng.integers(0, 100, n_users)],
+        "home_cluster": home.astype(np.int64),
+        "event_timestamp": pd.to_datetime(user_start, unit="s", utc=True),
+    })
+    items = pd.DataFrame({
+        "item_id": np.arange(1, n_items + 1, dtype=np.int64),
+        "title": [f"item {i + 1}" for i in range(n_items)],
+        "genres": [[f"genre{c}"] for c in item_cluster],
+        "year": rng.integers(1980, 2025, n_items).astype(np.int64),
+        "cluster": item_cluster.astype(np.int64),
+        "event_timestamp": pd.Timestamp("2024-01-01", tz="UTC"),
+    })
+    return Tables(interactions, users, items)
+
+
+@dataclass
+class Encoded:
+    """Tensors for the models plus the raw-id vocabularies (index 0 = padding/unknown)."""
+
+    data: SequenceData
+    schema: Schema
+    user_ids: np.ndarray  # raw user id of index i is user_ids[i]; user_ids[0] = -1
+    item_ids: np.ndarray
+    vocabs: dict[str, list[str]]  # categorical feature → values; value of index i is vocab[i-1]
+
+
+def _categorical(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    vocab = sorted(values.astype(str).unique().tolist())
+    lookup = {v: i + 1 for i, v in enumerate(vocab)}
+    return values.astype(str).map(lookup).fillna(0).to_numpy(dtype=np.int64), vocab
+
+
+def encode(tables: Tables, max_len: int = 50, max_genres: int = 6) -> Encoded:
+    """Canonical tables → :class:`SequenceData`, time-ordered per user (stable on equal timestamps)."""
+    inter, users, items = tables.interactions, tables.users, tables.items
+    for col in ("user_id", "item_id", "event_timestamp"):
+        if inter[col].isna().any():
+            raise ValueError(f"interactions.{col} has missing values")
+    user_ids = np.union1d(users.user_id.to_numpy(), inter.user_id.unique())
+    item_ids = np.union1d(items.item_id.to_numpy(), inter.item_id.unique())
+    uidx = np.searchsorted(user_ids, inter.user_id.to_numpy()) + 1
+    iidx = np.searchsorted(item_ids, inter.item_id.to_numpy()) + 1
+    ts = inter.event_timestamp.astype("int64").to_numpy() / 1e9
+    order = np.lexsort((ts, uidx))  # by user, then time; lexsort is stable, so ties keep file order
+    uidx, iidx, ts = uidx[order], iidx[order], ts[order]
+    U, N = len(user_ids) + 1, len(item_ids) + 1
+    indptr = np.zeros(U + 1, dtype=np.int64)
+    np.add.at(indptr, uidx + 1, 1)
+    indptr = np.cumsum(indptr)
+
+    vocabs: dict[str, list[str]] = {}
+    user_table = {"user_id": torch.arange(U)}
+    urows = np.searchsorted(user_ids, users.user_id.to_numpy()) + 1
+    user_sparse: dict[str, int] = {}
+    for col in USER_CATEGORICAL:
+        if col in users:
+            codes, vocab = _categorical(users[col])
+            full = np.zeros(U, dtype=np.int64)
+            full[urows] = codes
+            user_table[col] = torch.from_numpy(full)
+            vocabs[col] = vocab
+            user_sparse[col] = len(vocab) + 1
+    item_table = {"item_id": torch.arange(N)}
+    irows = np.searchsorted(item_ids, items.item_id.to_numpy()) + 1
+    decade = (items.year // 10 * 10).where(items.year > 0, 0).astype(str)
+    codes, vocab = _categorical(decade)
+    full = np.zeros(N, dtype=np.int64)
+    full[irows] = codes
+    item_table["decade"], vocabs["decade"] = torch.from_numpy(full), vocab
+    genre_vocab = sorted({g for gs in items.genres for g in gs})
+    glookup = {g: i + 1 for i, g in enumerate(genre_vocab)}
+    genres = np.zeros((N, max_genres), dtype=np.int64)
+    for row, gs in zip(irows, items.genres, strict=True):
+        ids = [glookup[g] for g in list(gs)[:max_genres]]
+        genres[row, max_genres - len(ids) :] = ids
+    item_table["genres"], vocabs["genres"] = torch.from_numpy(genres), genre_vocab
+
+    data = SequenceData(
+        indptr=torch.from_numpy(indptr),
+        items=torch.from_numpy(iidx.astype(np.int64)),
+        times=torch.from_numpy(ts.astype(np.float64)),
+        user_table=user_table,
+        item_table=item_table,
+    )
+    schema = Schema(
+        n_users=U, n_items=N, user_sparse=user_sparse, item_sparse={"decade": len(vocabs["decade"]) + 1},
+        item_multi={"genres": len(genre_vocab) + 1}, max_len=max_len,
+    )
+    return Encoded(data, schema, np.concatenate([[-1], user_ids]), np.concatenate([[-1], item_ids]), vocabs)

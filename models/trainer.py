@@ -1,0 +1,230 @@
+"""MatchTrainer: one training loop for every model and every loss mode / negative sampler."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .base import RecallModel, score_pairs
+from .data import SequenceData, Split, build_batch, item_batch, n_targets, train_item_counts, training_examples
+from .evaluation import evaluate_model, item_embeddings, user_embeddings
+from .losses import LOSSES, full_softmax_loss, inbatch_logits, listwise_loss, resolve_mode
+from .registry import save_checkpoint
+from .samplers import NEGATIVES, HardNegativeSampler, PopularitySampler, UniformSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str | int = "listwise"  # pointwise|pairwise|listwise|full, or 0|1|2
+    negative: str = "popularity"  # uniform|popularity|inbatch|hard (ignored by mode "full")
+    num_negatives: int = 100
+    shared_negatives: bool = True  # one negative set per batch (fast) vs per row
+    alpha: float = 0.75  # popularity sampler exponent
+    logq: bool = True  # log-Q correction in list-wise mode
+    hard_pool: int = 2048  # candidate pool scored to mine hard negatives
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    embedding_l2: float = 0.0
+    dense_l2: float = 0.0
+    grad_clip: float | None = 5.0
+    patience: int = 3
+    monitor: str = "ndcg@10"  # validation metric for early stopping
+    max_len: int = 50
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; no effect on CPU
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", resolve_mode(self.mode))
+        if self.negative not in NEGATIVES:
+            raise ValueError(f"unknown negative sampler {self.negative!r}; choose one of: {', '.join(NEGATIVES)}")
+        metric, _, k = self.monitor.partition("@")
+        if metric not in ("recall", "ndcg") or not k.isdigit():
+            raise ValueError(f"monitor must be recall@K or ndcg@K on validation data, got {self.monitor!r}")
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_score: float
+    val_metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    examples: int = 0  # predicted targets seen in training
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class MatchTrainer:
+    """Trains a recall model on the training part of a leave-last-out split.
+
+    Early stopping and best-checkpoint selection use the validation events only; the test events are
+    never looked at here.
+    """
+
+    def __init__(self, model: RecallModel, config: TrainConfig, data: SequenceData, split: Split):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.data, self.split = data, split
+        self.gen = torch.Generator().manual_seed(config.seed)
+        if model.causal and hasattr(model, "encoder") and config.max_len > model.encoder.max_len:
+            raise ValueError(f"max_len {config.max_len} exceeds the model's max_len {model.encoder.max_len}")
+        counts = train_item_counts(data, split)
+        self.log_q_freq = torch.log((counts.float() / counts.sum()).clamp(min=1e-12)).to(self.device)
+        if config.negative == "uniform":
+            self.sampler = UniformSampler(data.n_items, self.gen)
+        elif config.negative == "popularity":
+            self.sampler = PopularitySampler(counts, config.alpha, self.gen)
+        elif config.negative == "hard":
+            self.sampler = HardNegativeSampler(data.n_items, config.hard_pool, self.gen)
+        else:
+            self.sampler = None
+        self.items_all = {k: v.to(self.device) for k, v in item_batch(data).items()}
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.amp = config.amp and self.device.type == "cuda"
+
+    # --- loss ----------------------------------------------------------------------------------
+    def _items(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model.item_tower({k: v[idx] for k, v in self.items_all.items()})
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg, model = self.config, self.model
+        q, tgt = model.train_queries(batch)
+        tau = model.temperature
+        if cfg.mode == "full":
+            return full_softmax_loss(model.score(q, model.item_tower(self.items_all)) / tau, tgt)
+        pos_emb = self._items(tgt)
+        if cfg.negative == "inbatch":
+            pos, neg, mask = inbatch_logits(model.score(q, pos_emb) / tau, tgt)
+            if cfg.mode == "listwise":
+                lq = self.log_q_freq[tgt] if cfg.logq else None
+                return listwise_loss(pos, neg, mask, lq, lq.unsqueeze(0) if lq is not None else None)
+            return LOSSES[cfg.mode](pos, neg, mask)
+        pos = score_pairs(q, pos_emb) / tau
+        n = cfg.num_negatives
+        log_q_neg = None
+        if cfg.negative == "hard":
+            qd = q.detach()
+            neg_ids = self.sampler.sample(tgt, n, lambda pool: model.score(qd, self._items(pool)))
+            neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1)) / tau
+            mask = torch.ones_like(neg, dtype=torch.bool)
+        elif cfg.shared_negatives:
+            neg_ids, mask = self.sampler.sample_shared(tgt.cpu(), n)
+            neg_ids, mask = neg_ids.to(self.device), mask.to(self.device)
+            neg = model.score(q, self._items(neg_ids)) / tau
+            log_q_neg = self.sampler.log_q.to(self.device)[neg_ids].unsqueeze(0)
+        else:
+            neg_ids = self.sampler.sample(tgt.cpu(), n).to(self.device)
+            neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1)) / tau
+            mask = torch.ones_like(neg, dtype=torch.bool)
+            log_q_neg = self.sampler.log_q.to(self.device)[neg_ids]
+        if cfg.mode == "listwise":
+            use_q = cfg.logq and log_q_neg is not None
+            lq_pos = self.sampler.log_q.to(self.device)[tgt] if use_q else None
+            return listwise_loss(pos, neg, mask, lq_pos, log_q_neg if use_q else None)
+        return LOSSES[cfg.mode](pos, neg, mask)
+
+    def regularization(self) -> torch.Tensor:
+        cfg = self.config
+        reg = torch.zeros((), device=self.device)
+        if cfg.embedding_l2 > 0:
+            reg = reg + cfg.embedding_l2 * sum(e.weight.pow(2).sum() for e in self.model.bank.tables.values())
+        if cfg.dense_l2 > 0:
+            emb = {id(e.weight) for e in self.model.bank.tables.values()}
+            dense = [p for p in self.model.parameters() if p.dim() >= 2 and id(p) not in emb]
+            reg = reg + cfg.dense_l2 * sum(p.pow(2).sum() for p in dense)
+        return reg
+
+    # --- loop ----------------------------------------------------------------------------------
+    def fit(self, out_dir: str | Path | None = None, extra: dict | None = None) -> TrainResult:
+        cfg, model = self.config, self.model
+        ctx = model.train_context
+        users, positions = training_examples(self.data, self.split, model.causal, cfg.max_len, ctx)
+        if users.numel() == 0:
+            raise ValueError("no training examples: every user needs at least 2 training events")
+        per_epoch = n_targets(self.split, model.causal, users, positions, cfg.max_len, ctx)
+        best_score, best_epoch, best_state, bad = float("-inf"), 0, None, 0
+        result = TrainResult(best_epoch=0, best_score=float("nan"), val_metrics={})
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            perm = torch.randperm(users.numel(), generator=self.gen)
+            t0 = time.perf_counter()
+            total, steps = 0.0, 0
+            bar = tqdm(range(0, perm.numel(), cfg.batch_size), desc=f"{model.name} epoch {epoch}",
+                       disable=None if cfg.progress else True, leave=False)
+            for start in bar:
+                idx = perm[start : start + cfg.batch_size]
+                batch = build_batch(self.data, users[idx], positions[idx], cfg.max_len, model.causal, ctx)
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    loss = self.loss(batch).float() + self.regularization()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training loss became {loss.item()} at epoch {epoch}, step {steps}; "
+                        f"lower the learning rate (now {cfg.lr}) or raise the temperature (now {model.temperature})"
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                total += loss.item()
+                steps += 1
+                if steps % 20 == 0:
+                    bar.set_postfix(loss=f"{total / steps:.4f}")
+            result.train_seconds += time.perf_counter() - t0
+            result.examples += per_epoch
+            val = evaluate_model(model, self.data, self.split, "val", cfg.max_len, ks=(10, 20, 50, 100))
+            current = val[cfg.monitor]
+            result.history.append({"epoch": epoch, "loss": total / max(steps, 1), **val})
+            logger.info("%s epoch %d loss %.4f val %s %.4f", model.name, epoch, total / max(steps, 1), cfg.monitor, current)
+            if current > best_score:
+                best_score, best_epoch, bad = current, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+                result.val_metrics = val
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        result.best_epoch, result.best_score = best_epoch, best_score
+        if out_dir is not None:
+            save_checkpoint(model, out_dir, {"train": asdict(cfg), "best_epoch": best_epoch,
+                                              "val_metrics": result.val_metrics, **(extra or {})})
+        return result
+
+    def inference_embedding(
+        self, mode: str = "user", users: torch.Tensor | None = None, pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``mode="item"``: all item vectors. ``mode="user"``: vectors of ``users`` at event ``pos``
+        (default: every user, predicting the event after their last one)."""
+        if mode == "item":
+            return item_embeddings(self.model, self.data)
+        if mode != "user":
+            raise ValueError(f"unknown mode {mode!r}; choose one of: user, item")
+        if users is None:
+            users = torch.arange(1, self.data.n_users)
+            pos = self.data.lengths[users]
+        return user_embeddings(self.model, self.data, users, pos, self.config.max_len)
