@@ -75,8 +75,9 @@ class CausalTransformer(nn.Module):
         L = x.size(1)
         if L > self.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
-        # Positions count back from the newest item, so left padding does not shift them.
-        pos = torch.arange(L - 1, -1, -1, device=x.device)
+        # Positions count from the first real item of the window, so a query sees the same position
+        # whether it sits mid-window in training or at the newest slot at serving time.
+        pos = (torch.cumsum(mask.long(), 1) - 1).clamp(min=0)  # (B, L)
         h = self.drop(x * (x.size(-1) ** 0.5) + self.pos(pos))
         h = h * mask.unsqueeze(-1)
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), 1)

@@ -39,6 +39,7 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     patience: int = 3
     monitor: str = "ndcg@10"  # validation metric for early stopping
+    restore_best: bool = True  # end with the best-validation weights (else the last epoch's)
     max_len: int = 50
     seed: int = 0
     device: str = "auto"
@@ -207,7 +208,7 @@ class MatchTrainer:
                 if bad >= cfg.patience:
                     logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
                     break
-        if best_state is not None:
+        if best_state is not None and cfg.restore_best:
             model.load_state_dict(best_state)
         result.best_epoch, result.best_score = best_epoch, best_score
         if out_dir is not None:

@@ -70,6 +70,8 @@ class YoutubeDNN(RecallModel):
 
     @classmethod
     def from_schema(cls, schema: Schema, embed_dim: int = 64, **params: Any) -> YoutubeDNN:
+        # Half of each causal training window is history for the other half (see models.data).
+        params.setdefault("history_len", max(1, schema.max_len // 2))
         user = schema.user_profile(embed_dim) + [schema.history(embed_dim, None)]
         return cls(user, [schema.item_id(embed_dim)], **params)
 

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.datasets import SyntheticConfig, encode, generate_synthetic
+from models.data import leave_last_out
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A small synthetic dataset (encoded, split) shared by the fast tests."""
+    tables = generate_synthetic(SyntheticConfig(n_users=60, n_items=40, n_interactions=1500, n_clusters=4, seed=3))
+    enc = encode(tables, max_len=20)
+    return tables, enc, leave_last_out(enc.data)

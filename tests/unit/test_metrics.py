@@ -1,0 +1,107 @@
+"""The evaluator against hand-worked cases."""
+
+import math
+
+import pytest
+import torch
+
+from models.metrics import evaluate_embeddings, metrics_from_ranks, target_ranks, topk
+
+
+def items(scores):
+    """Item vectors whose inner product with the user vector [1] is the given score (row 0 = padding)."""
+    return torch.tensor([[0.0]] + [[s] for s in scores])
+
+
+ONE = torch.ones(1, 1)
+
+
+def test_rank_counts_items_scored_above():
+    # scores: item1=0.9 item2=0.5 item3=0.7 item4=0.1; target item3 → one item (item1) above it.
+    assert target_ranks(ONE, items([0.9, 0.5, 0.7, 0.1]), torch.tensor([3])).item() == 1
+
+
+def test_ties_count_against_the_target():
+    # item1 and item2 tie with target item3 → rank 2, not 0.
+    assert target_ranks(ONE, items([0.7, 0.7, 0.7, 0.1]), torch.tensor([3])).item() == 2
+
+
+def test_constant_model_ranks_every_target_last():
+    r = target_ranks(torch.ones(3, 1), items([1.0] * 5), torch.tensor([1, 3, 5]))
+    assert r.tolist() == [[4], [4], [4]]
+
+
+def test_nan_scores_rank_last():
+    # A NaN target ranks behind everything, NaN items rank behind the target.
+    assert target_ranks(ONE, items([0.1, float("nan"), 0.2]), torch.tensor([2])).item() == 2
+    assert target_ranks(ONE, items([float("nan"), 0.5, float("nan")]), torch.tensor([2])).item() == 0
+    m = evaluate_embeddings(torch.full((2, 1), float("nan")), items([0.1, 0.2, 0.3]), torch.tensor([1, 2]), ks=(10,))
+    assert m["recall@10"] == 1.0  # K ≥ catalogue: everything is "retrieved", even last
+    m = evaluate_embeddings(torch.full((2, 1), float("nan")), items([0.1] * 20), torch.tensor([1, 2]), ks=(10,))
+    assert m["recall@10"] == 0.0 and m["ndcg@10"] == 0.0
+
+
+def test_masking_removes_seen_items_but_never_the_target():
+    emb = items([0.9, 0.8, 0.7, 0.1])
+    excl = (torch.tensor([0, 3]), torch.tensor([1, 2, 3]))  # seen: 1, 2 and the target 3 itself
+    assert target_ranks(ONE, emb, torch.tensor([3]), excl).item() == 0
+    assert target_ranks(ONE, emb, torch.tensor([3])).item() == 2
+
+
+def test_metric_values_hand_worked():
+    # Two users, single target: ranks 0 and 3.
+    m = metrics_from_ranks(torch.tensor([0, 3]), ks=(1, 5))
+    assert m["recall@1"] == pytest.approx(0.5)
+    assert m["hit@5"] == pytest.approx(1.0)
+    assert m["precision@5"] == pytest.approx((1 / 5 + 1 / 5) / 2)
+    assert m["ndcg@5"] == pytest.approx((1.0 + 1 / math.log2(5)) / 2)
+    assert m["mrr@5"] == pytest.approx((1.0 + 1 / 4) / 2)
+    assert m["mrr@1"] == pytest.approx(0.5)
+
+
+def test_multi_target_ndcg_and_recall():
+    # One user with 2 targets at ranks 0 and 2; a padded third slot.
+    emb = items([0.9, 0.8, 0.7, 0.1])  # targets 1 (rank 0) and 3 (rank 2)
+    m = evaluate_embeddings(ONE, emb, torch.tensor([[1, 3, -1]]), ks=(2, 3))
+    assert m["recall@2"] == pytest.approx(0.5)
+    assert m["recall@3"] == pytest.approx(1.0)
+    idcg = 1 + 1 / math.log2(3)
+    assert m["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4)) / idcg)
+    assert m["precision@3"] == pytest.approx(2 / 3)
+
+
+def test_k_larger_than_catalogue():
+    m = metrics_from_ranks(torch.tensor([2]), ks=(100,))
+    assert m["recall@100"] == 1.0 and m["precision@100"] == pytest.approx(0.01)
+
+
+def test_chunking_gives_identical_ranks():
+    g = torch.Generator().manual_seed(0)
+    u, it = torch.randn(37, 8, generator=g), torch.randn(101, 8, generator=g)
+    t = torch.randint(1, 101, (37,), generator=g)
+    seen_len = torch.randint(0, 10, (37,), generator=g)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), seen_len.cumsum(0)])
+    excl = (indptr, torch.randint(1, 101, (int(seen_len.sum()),), generator=g))
+    a = target_ranks(u, it, t, excl, row_chunk=1000, item_chunk=1000)
+    b = target_ranks(u, it, t, excl, row_chunk=5, item_chunk=7)
+    assert torch.equal(a, b)
+    # Brute force: count non-excluded, non-target items scoring ≥ the target.
+    s = u @ it.T
+    for r in range(37):
+        banned = set(excl[1][indptr[r] : indptr[r + 1]].tolist()) | {0, int(t[r])}
+        expect = sum(1 for j in range(101) if j not in banned and s[r, j] >= s[r, t[r]])
+        assert a[r].item() == expect
+
+
+def test_multi_interest_scores_take_the_max():
+    user = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # two interests
+    emb = torch.tensor([[0.0, 0.0], [0.2, 0.0], [0.0, 0.9], [0.5, 0.5]])
+    assert target_ranks(user, emb, torch.tensor([2])).item() == 0
+
+
+def test_topk_excludes_seen_and_padding():
+    emb = items([0.9, 0.8, 0.7, 0.1])
+    s, i = topk(ONE, emb, 3, (torch.tensor([0, 1]), torch.tensor([1])))
+    assert i.tolist() == [[2, 3, 4]]
+    s, i = topk(torch.ones(1, 1), emb, 6)
+    assert i[0, :4].tolist() == [1, 2, 3, 4] and i[0, 4:].tolist() == [0, 0]

@@ -1,0 +1,140 @@
+"""One contract for every model in the registry: shapes, learning, overfitting, checkpoints."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from components.datasets import Tables, encode
+from models.data import leave_last_out
+from models.evaluation import item_embeddings, user_embeddings
+from models.metrics import evaluate_embeddings
+
+from models.base import score
+from models.data import build_batch, item_batch, training_examples
+from models.evaluation import evaluate_model
+from models.registry import MODELS, build_model, load_checkpoint, save_checkpoint
+from models.trainer import MatchTrainer, TrainConfig
+
+MAX_LEN = 20
+NAMES = sorted(MODELS)
+
+
+def make(name, enc, **kw):
+    torch.manual_seed(0)
+    return build_model(name, enc.schema, **kw)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shapes(name, tiny):
+    _, enc, split = tiny
+    model = make(name, enc).eval()
+    users = torch.arange(1, 9)
+    b = build_batch(enc.data, users, torch.full((8,), 3), MAX_LEN)
+    u = model.user_tower(b)
+    it = model.item_tower(item_batch(enc.data))
+    assert it.shape[0] == enc.data.n_items
+    assert u.shape[0] == 8 and u.shape[-1] == it.shape[-1]
+    assert u.dim() == (3 if model.multi_interest else 2)
+    assert score(u, it).shape == (8, enc.data.n_items)
+
+
+def _one_batch(model, enc, split):
+    users, pos = training_examples(enc.data, split, model.causal, MAX_LEN, model.train_context)
+    return build_batch(enc.data, users[:64], pos[:64], MAX_LEN, model.causal, model.train_context)
+
+
+@pytest.mark.parametrize("mode,negative", [("full", "uniform"), ("listwise", "popularity"), ("pairwise", "uniform"),
+                                           ("pointwise", "uniform"), ("listwise", "inbatch"), ("listwise", "hard")])
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_decreases_on_a_toy_batch(name, mode, negative, tiny):
+    _, enc, split = tiny
+    model = make(name, enc)
+    cfg = TrainConfig(mode=mode, negative=negative, num_negatives=8, lr=0.01, max_len=MAX_LEN, progress=False)
+    tr = MatchTrainer(model, cfg, enc.data, split)
+    batch = _one_batch(model, enc, split)
+    model.eval()  # no dropout noise, and the same negatives every step: the same batch must get easier
+
+    def loss():
+        tr.gen.manual_seed(1)
+        return tr.loss(batch)
+
+    first = loss().item()
+    for _ in range(30):
+        tr.optimizer.zero_grad()
+        loss().backward()
+        tr.optimizer.step()
+    assert loss().item() < first * 0.8
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_dataset_can_be_overfitted(name):
+    """Eight users, ten events each: a model must learn to rank its own training targets first."""
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randperm(30, generator=g)[:10] + 1 for _ in range(8)]
+    tables = Tables(
+        pd.DataFrame({"user_id": np.repeat(np.arange(1, 9), 10), "item_id": torch.cat(seqs).numpy(),
+                      "event_timestamp": pd.to_datetime(np.tile(np.arange(10) * 3600, 8) + 1e9, unit="s", utc=True),
+                      "rating": 1.0}),
+        pd.DataFrame({"user_id": np.arange(1, 9), "gender": "F", "age_bucket": "18-24", "occupation": "x",
+                      "zip_prefix": "00", "event_timestamp": pd.Timestamp("2001-01-01", tz="UTC")}),
+        pd.DataFrame({"item_id": np.arange(1, 31), "title": "", "genres": [["g"]] * 30, "year": 1999,
+                      "event_timestamp": pd.Timestamp("2001-01-01", tz="UTC")}),
+    )
+    enc = encode(tables, max_len=MAX_LEN)
+    split = leave_last_out(enc.data)
+    model = make(name, enc, **({"dropout": 0.0} if name == "sasrec" else {}))
+    cfg = TrainConfig(mode="full", epochs=300, batch_size=8, lr=0.005, max_len=MAX_LEN, patience=1000,
+                      restore_best=False, progress=False)
+    MatchTrainer(model, cfg, enc.data, split).fit()
+    users, pos = training_examples(enc.data, split, False, MAX_LEN)
+    u = user_embeddings(model, enc.data, users, pos, MAX_LEN)
+    targets = enc.data.items[enc.data.indptr[users] + pos]
+    m = evaluate_embeddings(u, item_embeddings(model, enc.data), targets, ks=(1, 5))
+    assert m["recall@5"] >= 0.9, m  # chance: 5/30
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_round_trip_is_exact(name, tiny, tmp_path):
+    _, enc, split = tiny
+    model = make(name, enc).eval()
+    save_checkpoint(model, tmp_path / name, {"note": "x"})
+    loaded, config = load_checkpoint(tmp_path / name)
+    assert config["model"] == name and config["note"] == "x"
+    b = build_batch(enc.data, torch.arange(1, 9), torch.full((8,), 4), MAX_LEN)
+    assert torch.equal(model.user_tower(b), loaded.user_tower(b))
+    assert torch.equal(model.item_tower(item_batch(enc.data)), loaded.item_tower(item_batch(enc.data)))
+
+
+def test_nan_loss_stops_training_with_a_clear_error(tiny):
+    _, enc, split = tiny
+    model = make("dssm", enc)
+    with torch.no_grad():
+        model.user_mlp.net[0].weight.fill_(float("nan"))
+    tr = MatchTrainer(model, TrainConfig(epochs=1, max_len=MAX_LEN, progress=False), enc.data, split)
+    with pytest.raises(FloatingPointError, match="training loss became nan"):
+        tr.fit()
+
+
+def test_training_is_seeded_and_deterministic(tiny):
+    _, enc, split = tiny
+    outs = []
+    for _ in range(2):
+        model = make("youtube_dnn", enc)
+        MatchTrainer(model, TrainConfig(epochs=2, max_len=MAX_LEN, negative="popularity", progress=False, seed=4),
+                     enc.data, split).fit()
+        outs.append(model.bank.tables["item_id"].weight.detach().clone())
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_early_stopping_uses_validation_and_saves_best(tiny, tmp_path):
+    _, enc, split = tiny
+    model = make("dssm", enc)
+    cfg = TrainConfig(epochs=6, patience=2, max_len=MAX_LEN, progress=False, monitor="ndcg@10")
+    res = MatchTrainer(model, cfg, enc.data, split).fit(tmp_path / "ck")
+    best = max(h["ndcg@10"] for h in res.history)
+    assert res.best_score == best and res.history[res.best_epoch - 1]["ndcg@10"] == best
+    loaded, config = load_checkpoint(tmp_path / "ck")
+    assert config["best_epoch"] == res.best_epoch and config["train"]["monitor"] == "ndcg@10"
+    again = evaluate_model(loaded, enc.data, split, "val", MAX_LEN, ks=(10, 20, 50, 100))
+    assert again["ndcg@10"] == pytest.approx(best, abs=1e-6)
