@@ -62,15 +62,20 @@ def _age_bucket(age: pd.Series) -> pd.Series:
 
 
 def ml100k_dir(path: str | None = None) -> Path:
-    """The MovieLens-100K directory: ``path``, else ``$RECALL_ML100K_DIR``, else ``../shared/data/ml-100k``."""
-    candidates = [path, os.environ.get("RECALL_ML100K_DIR"), str(Path(__file__).resolve().parents[2] / "shared/data/ml-100k")]
-    for c in candidates:
-        if c and (Path(c) / "u.data").exists():
-            return Path(c)
-    raise FileNotFoundError(
-        f"MovieLens-100K not found (looked in {[c for c in candidates if c]}); set RECALL_ML100K_DIR to the "
-        "directory holding u.data, u.user and u.item"
-    )
+    """The MovieLens-100K directory: ``path``, else ``$RECALL_ML100K_DIR``, else ``../shared/data/ml-100k``.
+
+    An explicitly given directory (argument or environment) must hold the files: it never silently
+    falls back to another copy.
+    """
+    explicit = path or os.environ.get("RECALL_ML100K_DIR")
+    candidate = Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "shared/data/ml-100k"
+    missing = [f for f in ("u.data", "u.user", "u.item") if not (candidate / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"MovieLens-100K not found in {candidate} (missing {', '.join(missing)}); set RECALL_ML100K_DIR to "
+            "the directory holding u.data, u.user and u.item"
+        )
+    return candidate
 
 
 def load_ml100k(path: str | None = None) -> Tables:
