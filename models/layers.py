@@ -69,6 +69,7 @@ class CausalTransformer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.max_len = max_len
+        self.num_heads = num_heads
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (B, L, d) item embeddings, mask: (B, L) true at real items → (B, L, d)."""
@@ -80,6 +81,11 @@ class CausalTransformer(nn.Module):
         pos = (torch.cumsum(mask.long(), 1) - 1).clamp(min=0)  # (B, L)
         h = self.drop(x * (x.size(-1) ** 0.5) + self.pos(pos))
         h = h * mask.unsqueeze(-1)
-        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), 1)
-        h = self.encoder(h, mask=causal)
+        # A query sees real items at or before it, never padding, so the amount of left padding
+        # (which differs between a training window and a serving request) cannot change its output.
+        # Padding queries see only themselves, which keeps every softmax row well defined.
+        allowed = torch.tril(torch.ones(L, L, dtype=torch.bool, device=x.device)) & mask.unsqueeze(1)
+        allowed = allowed | torch.eye(L, dtype=torch.bool, device=x.device)
+        blocked = (~allowed).repeat_interleave(self.num_heads, 0)  # (B·heads, L, L)
+        h = self.encoder(h, mask=blocked)
         return self.norm(h) * mask.unsqueeze(-1)

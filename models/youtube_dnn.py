@@ -86,8 +86,10 @@ class YoutubeDNN(RecallModel):
         return pooled_lookup(weight, ids, "mean", self._weights(batch, ids))  # (B, d)
 
     def _sliding_pools(self, batch: Batch) -> torch.Tensor:
-        """Pool of the ``history_len`` events up to and including every slot: (B, L, d)."""
+        """Pool of the ``history_len`` events up to and including each slot from ``history_len`` on:
+        (B, L - history_len, d). Earlier slots are history only (see ``train_context``)."""
         ids = batch[self.hist.name]
+        P = self.history_len
         e = self.bank.tables[self.hist.table](ids)  # (B, L, d)
         w = (ids > 0).to(e.dtype)
         decay = self._weights(batch, ids)
@@ -95,12 +97,12 @@ class YoutubeDNN(RecallModel):
             # exp(-r·(t_target - t_j)) = exp(-r·(t_target - t_ref)) · exp(-r·(t_ref - t_j)): the first
             # factor is shared by the whole window and cancels in the weighted mean.
             w = w * decay.to(e.dtype)
-        pad = e.new_zeros(e.size(0), 1, e.size(2))
-        cs = torch.cat([pad, torch.cumsum(e * w.unsqueeze(-1), 1)], 1)  # (B, L+1, d)
-        cw = torch.cat([w.new_zeros(w.size(0), 1), torch.cumsum(w, 1)], 1)  # (B, L+1)
-        hi = torch.arange(1, ids.size(1) + 1, device=ids.device)
-        lo = (hi - self.history_len).clamp(min=0)
-        return (cs[:, hi] - cs[:, lo]) / (cw[:, hi] - cw[:, lo]).clamp(min=1e-6).unsqueeze(-1)
+        cs = torch.cumsum(e * w.unsqueeze(-1), 1)  # (B, L, d)
+        cw = torch.cumsum(w, 1)
+        # Slot i pools slots i-P+1..i: cs[i] - cs[i-P], with slices instead of gathers (cheaper backward).
+        num = cs[:, P:] - cs[:, :-P]
+        den = cw[:, P:] - cw[:, :-P]
+        return num / den.clamp(min=1e-6).unsqueeze(-1)
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.normalize else x
@@ -117,11 +119,11 @@ class YoutubeDNN(RecallModel):
         return self._query(self._pool(batch), batch)  # (B, d)
 
     def train_queries(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        tgt = batch["target_seq"].reshape(-1)
+        pools = self._sliding_pools(batch)  # (B, L-P, d)
+        tgt = batch["target_seq"][:, self.history_len :].reshape(-1)  # only these slots are targets
         flat = (tgt > 0).nonzero(as_tuple=True)[0]  # index_select trains faster than boolean masks
-        pools = self._sliding_pools(batch)  # (B, L, d)
         pools = pools.reshape(-1, pools.size(-1)).index_select(0, flat)
-        rows = flat // batch["target_seq"].size(1)
+        rows = flat // (batch["target_seq"].size(1) - self.history_len)
         profile = {n: batch[n].index_select(0, rows) for n in self.other_user}
         return self._query(pools, profile), tgt.index_select(0, flat)  # (M, d), (M,)
 

@@ -138,3 +138,24 @@ def test_early_stopping_uses_validation_and_saves_best(tiny, tmp_path):
     assert config["best_epoch"] == res.best_epoch and config["train"]["monitor"] == "ndcg@10"
     again = evaluate_model(loaded, enc.data, split, "val", MAX_LEN, ks=(10, 20, 50, 100))
     assert again["ndcg@10"] == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if MODELS[n].causal])
+def test_causal_training_queries_equal_serving_user_vectors(name, tiny):
+    """A causal model's training query for a slot is exactly the user vector served for that event."""
+    _, enc, split = tiny
+    model = make(name, enc).eval()
+    ctx = model.train_context
+    users, pos = training_examples(enc.data, split, True, MAX_LEN, ctx)
+    # Rows whose window reaches back to the user's first event (for SASRec, positions then agree).
+    keep = pos < MAX_LEN
+    users, pos = users[keep][:6], pos[keep][:6]
+    b = build_batch(enc.data, users, pos, MAX_LEN, True, ctx)
+    q, tgt = model.train_queries(b)
+    # Rebuild the same targets one by one as serving-time point batches.
+    slot_event = pos.unsqueeze(1) - MAX_LEN + torch.arange(MAX_LEN).unsqueeze(0) + 1  # event each slot predicts
+    is_target = b["target_seq"] > 0
+    expect = model.user_tower(build_batch(enc.data, users.unsqueeze(1).expand_as(slot_event)[is_target],
+                                          slot_event[is_target], MAX_LEN))
+    assert torch.equal(tgt, b["target_seq"][is_target])
+    assert torch.allclose(q, expect, atol=1e-5)
