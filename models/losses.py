@@ -63,8 +63,8 @@ def listwise_loss(
         neg = logq_correct(neg, log_q_neg)
     if not bool(mask.all()):
         neg = neg.masked_fill(~mask, float("-inf"))
-    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
-    return (torch.logsumexp(logits, dim=1) - pos).mean()
+    # log(e^pos + Σ e^neg) without materialising the concatenated (M, 1+n) logits.
+    return (torch.logaddexp(pos, torch.logsumexp(neg, dim=1)) - pos).mean()
 
 
 def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -88,3 +88,56 @@ def inbatch_logits(
 
 
 LOSSES = {"pointwise": pointwise_loss, "pairwise": pairwise_loss, "listwise": listwise_loss}
+
+
+class _SharedSampledSoftmax(torch.autograd.Function):
+    """Fused list-wise loss with one negative set shared by the batch (the hot path of sampled softmax).
+
+    Same value and gradients as ``listwise_loss(rowdot(q, pos), q @ negᵀ, mask, …)`` with a per-item log-Q
+    vector, but computes the (M, n) softmax in place and writes its gradient by hand, so the big
+    logit matrix is touched a few times instead of a dozen.
+    """
+
+    @staticmethod
+    def forward(ctx, q, pos_emb, neg_emb, hits_r, hits_c, pos_shift, neg_shift):  # type: ignore[override]
+        pos = (q * pos_emb).sum(-1) - pos_shift  # (M,)
+        logits = torch.addmm(neg_shift.unsqueeze(0), q, neg_emb.T, beta=-1.0)  # q·negᵀ - log q, (M, n)
+        if hits_r.numel():
+            logits[hits_r, hits_c] = float("-inf")  # accidental hits: a negative equal to the positive
+        m = torch.maximum(logits.amax(1), pos)
+        logits.sub_(m.unsqueeze(1)).exp_()
+        e_pos = torch.exp(pos - m)
+        z = logits.sum(1) + e_pos
+        loss = (torch.log(z) + m - pos).mean()
+        logits.div_(z.unsqueeze(1))  # now the softmax probabilities of the negatives
+        ctx.save_for_backward(q, pos_emb, neg_emb, logits, e_pos / z)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        q, pos_emb, neg_emb, probs, p_pos = ctx.saved_tensors
+        scale = grad / q.size(0)
+        d_logits = probs * scale  # (M, n)
+        d_pos = (p_pos - 1.0) * scale  # (M,)
+        d_q = torch.addmm(d_pos.unsqueeze(1) * pos_emb, d_logits, neg_emb)
+        d_neg = d_logits.T @ q
+        return d_q, d_pos.unsqueeze(1) * q, d_neg, None, None, None, None
+
+
+def shared_sampled_softmax_loss(
+    q: torch.Tensor,
+    pos_emb: torch.Tensor,
+    neg_emb: torch.Tensor,
+    hits: tuple[torch.Tensor, torch.Tensor],
+    log_q_pos: torch.Tensor | None = None,
+    log_q_neg: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """List-wise softmax loss of queries ``q (M, d)`` against their positives ``pos_emb (M, d)`` and a
+    shared negative set ``neg_emb (n, d)``. ``hits`` = (rows, cols) of negatives equal to the row's
+    positive, which are left out. Optional log-Q correction of positives (M,) and negatives (n,)."""
+    zeros_m, zeros_n = q.new_zeros(q.size(0)), q.new_zeros(neg_emb.size(0))
+    return _SharedSampledSoftmax.apply(
+        q, pos_emb, neg_emb, hits[0], hits[1],
+        zeros_m if log_q_pos is None else log_q_pos.to(q.dtype),
+        zeros_n if log_q_neg is None else log_q_neg.to(q.dtype),
+    )

@@ -14,7 +14,14 @@ from tqdm.auto import tqdm
 from .base import RecallModel, score_pairs
 from .data import SequenceData, Split, build_batch, item_batch, n_targets, train_item_counts, training_examples
 from .evaluation import evaluate_model, item_embeddings, user_embeddings
-from .losses import LOSSES, full_softmax_loss, inbatch_logits, listwise_loss, resolve_mode
+from .losses import (
+    LOSSES,
+    full_softmax_loss,
+    inbatch_logits,
+    listwise_loss,
+    resolve_mode,
+    shared_sampled_softmax_loss,
+)
 from .registry import save_checkpoint
 from .samplers import NEGATIVES, HardNegativeSampler, PopularitySampler, UniformSampler
 
@@ -30,6 +37,7 @@ class TrainConfig:
     alpha: float = 0.75  # popularity sampler exponent
     logq: bool = True  # log-Q correction in list-wise mode
     hard_pool: int = 2048  # candidate pool scored to mine hard negatives
+    catalogue_tower_max: int = 20_000  # up to this many items, run the item tower on all of them per step
     epochs: int = 20
     batch_size: int = 1024
     lr: float = 1e-3
@@ -103,44 +111,65 @@ class MatchTrainer:
         self.items_all = {k: v.to(self.device) for k, v in item_batch(data).items()}
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.amp = config.amp and self.device.type == "cuda"
+        self._catalogue: torch.Tensor | None = None
 
     # --- loss ----------------------------------------------------------------------------------
     def _items(self, idx: torch.Tensor) -> torch.Tensor:
+        if self._catalogue is not None:
+            return self._catalogue[idx]
         return self.model.item_tower({k: v[idx] for k, v in self.items_all.items()})
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg, model = self.config, self.model
         q, tgt = model.train_queries(batch)
-        tau = model.temperature
+        # Small catalogues: one item-tower pass over every item per step, then gathers, is cheaper
+        # than separate passes for positives and negatives (one embedding backward instead of several).
+        self._catalogue = (
+            model.item_tower(self.items_all) if self.data.n_items <= cfg.catalogue_tower_max else None
+        )
+        # Scores are linear in the query (and max over interests commutes with a positive scale), so
+        # dividing the queries by τ is dividing every score by τ, on (M, d) instead of (M, n).
+        q = q / model.temperature
         if cfg.mode == "full":
-            return full_softmax_loss(model.score(q, model.item_tower(self.items_all)) / tau, tgt)
+            items = self._catalogue if self._catalogue is not None else model.item_tower(self.items_all)
+            return full_softmax_loss(model.score(q, items), tgt)
         pos_emb = self._items(tgt)
         if cfg.negative == "inbatch":
-            pos, neg, mask = inbatch_logits(model.score(q, pos_emb) / tau, tgt)
+            pos, neg, mask = inbatch_logits(model.score(q, pos_emb), tgt)
             if cfg.mode == "listwise":
                 lq = self.log_q_freq[tgt] if cfg.logq else None
                 return listwise_loss(pos, neg, mask, lq, lq.unsqueeze(0) if lq is not None else None)
             return LOSSES[cfg.mode](pos, neg, mask)
-        pos = score_pairs(q, pos_emb) / tau
+        pos = score_pairs(q, pos_emb)
         n = cfg.num_negatives
         log_q_neg = None
         if cfg.negative == "hard":
             qd = q.detach()
             neg_ids = self.sampler.sample(tgt, n, lambda pool: model.score(qd, self._items(pool)))
-            neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1)) / tau
+            neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1))
             mask = torch.ones_like(neg, dtype=torch.bool)
+        elif cfg.shared_negatives and cfg.mode == "listwise" and q.dim() == 2 and not self.amp:
+            neg_ids = self.sampler.sample_shared(tgt.cpu(), n)[0].to(self.device)
+            hits = (neg_ids.unsqueeze(0) == tgt.unsqueeze(1)).nonzero(as_tuple=True)
+            use_q = cfg.logq and cfg.negative != "uniform"
+            log_q = self.sampler.log_q.to(self.device)
+            return shared_sampled_softmax_loss(
+                q, pos_emb, self._items(neg_ids), hits,
+                log_q[tgt] if use_q else None, log_q[neg_ids] if use_q else None,
+            )
         elif cfg.shared_negatives:
             neg_ids, mask = self.sampler.sample_shared(tgt.cpu(), n)
             neg_ids, mask = neg_ids.to(self.device), mask.to(self.device)
-            neg = model.score(q, self._items(neg_ids)) / tau
+            neg = model.score(q, self._items(neg_ids))
             log_q_neg = self.sampler.log_q.to(self.device)[neg_ids].unsqueeze(0)
         else:
             neg_ids = self.sampler.sample(tgt.cpu(), n).to(self.device)
-            neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1)) / tau
+            neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1))
             mask = torch.ones_like(neg, dtype=torch.bool)
             log_q_neg = self.sampler.log_q.to(self.device)[neg_ids]
         if cfg.mode == "listwise":
-            use_q = cfg.logq and log_q_neg is not None
+            # Uniform sampling shifts every logit by the same log q: the correction is a no-op.
+            use_q = cfg.logq and log_q_neg is not None and cfg.negative != "uniform"
             lq_pos = self.sampler.log_q.to(self.device)[tgt] if use_q else None
             return listwise_loss(pos, neg, mask, lq_pos, log_q_neg if use_q else None)
         return LOSSES[cfg.mode](pos, neg, mask)

@@ -97,7 +97,9 @@ class YoutubeDNN(RecallModel):
             # exp(-r·(t_target - t_j)) = exp(-r·(t_target - t_ref)) · exp(-r·(t_ref - t_j)): the first
             # factor is shared by the whole window and cancels in the weighted mean.
             w = w * decay.to(e.dtype)
-        cs = torch.cumsum(e * w.unsqueeze(-1), 1)  # (B, L, d)
+            e = e * w.unsqueeze(-1)
+        # (Mean pooling needs no weighting: the padding row of the table is zero and stays zero.)
+        cs = torch.cumsum(e, 1)  # (B, L, d)
         cw = torch.cumsum(w, 1)
         # Slot i pools slots i-P+1..i: cs[i] - cs[i-P], with slices instead of gathers (cheaper backward).
         num = cs[:, P:] - cs[:, :-P]
@@ -124,8 +126,15 @@ class YoutubeDNN(RecallModel):
         flat = (tgt > 0).nonzero(as_tuple=True)[0]  # index_select trains faster than boolean masks
         pools = pools.reshape(-1, pools.size(-1)).index_select(0, flat)
         rows = flat // (batch["target_seq"].size(1) - self.history_len)
-        profile = {n: batch[n].index_select(0, rows) for n in self.other_user}
-        return self._query(pools, profile), tgt.index_select(0, flat)  # (M, d), (M,)
+        if not self.other_user:
+            return self._query(pools, batch), tgt.index_select(0, flat)
+        # First layer split as W·[profile; pool] = W_p·profile + W_h·pool: the profile half runs once
+        # per row (B) instead of once per target (M), and the (M, p + d) concatenation disappears.
+        first = self.user_mlp.net[0]
+        profile = self.bank.concat(batch, self.other_user)  # (B, p)
+        p = profile.size(1)
+        h = F.linear(pools, first.weight[:, p:], first.bias) + F.linear(profile, first.weight[:, :p]).index_select(0, rows)
+        return self._out(self.user_mlp.net[1:](h)), tgt.index_select(0, flat)  # (M, d), (M,)
 
     def item_tower(self, batch: Batch) -> torch.Tensor:
         return self._out(self.bank.embed("item_id", batch["item_id"]))  # (N, d)

@@ -99,3 +99,22 @@ def test_hard_negatives_are_the_top_scored_non_positives():
     hard = HardNegativeSampler(6, pool_size=10_000)
     neg = hard.sample(torch.tensor([4, 2]), 2, lambda pool: item_scores[pool].expand(2, -1))
     assert neg.tolist() == [[2, 3], [4, 3]]
+
+
+@pytest.mark.parametrize("with_logq", [False, True])
+def test_fused_shared_softmax_matches_the_reference(with_logq):
+    from models.losses import shared_sampled_softmax_loss
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    neg = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    hits = (torch.tensor([0, 3]), torch.tensor([2, 4]))
+    lq_pos = torch.rand(7, generator=g, dtype=torch.float64).log() if with_logq else None
+    lq_neg = torch.rand(5, generator=g, dtype=torch.float64).log() if with_logq else None
+    mask = torch.ones(7, 5, dtype=torch.bool)
+    mask[hits] = False
+    ref = listwise_loss((q * pos).sum(-1), q @ neg.T, mask, lq_pos, None if lq_neg is None else lq_neg.unsqueeze(0))
+    got = shared_sampled_softmax_loss(q, pos, neg, hits, lq_pos, lq_neg)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-10)
+    assert torch.autograd.gradcheck(lambda a, b, c: shared_sampled_softmax_loss(a, b, c, hits, lq_pos, lq_neg), (q, pos, neg))
