@@ -109,7 +109,9 @@ class MatchTrainer:
         else:
             self.sampler = None
         self.items_all = {k: v.to(self.device) for k, v in item_batch(data).items()}
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
         self.amp = config.amp and self.device.type == "cuda"
         self._catalogue: torch.Tensor | None = None
 
@@ -150,8 +152,18 @@ class MatchTrainer:
             mask = torch.ones_like(neg, dtype=torch.bool)
         elif cfg.shared_negatives and cfg.mode == "listwise" and q.dim() == 2 and not self.amp:
             neg_ids = self.sampler.sample_shared(tgt.cpu(), n)[0].to(self.device)
-            hits = (neg_ids.unsqueeze(0) == tgt.unsqueeze(1)).nonzero(as_tuple=True)
             use_q = cfg.logq and cfg.negative != "uniform"
+            if use_q:
+                hits = (neg_ids.unsqueeze(0) == tgt.unsqueeze(1)).nonzero(as_tuple=True)
+            else:
+                # Without log-Q, duplicate negatives carry no meaning: keep each once, then find the
+                # accidental hits through an item → column table in O(M) instead of an (M, n) compare.
+                neg_ids = torch.unique(neg_ids)
+                col = torch.full((self.data.n_items,), -1, dtype=torch.long, device=self.device)
+                col[neg_ids] = torch.arange(neg_ids.numel(), device=self.device)
+                hit_col = col[tgt]
+                hit_rows = (hit_col >= 0).nonzero(as_tuple=True)[0]
+                hits = (hit_rows, hit_col[hit_rows])
             log_q = self.sampler.log_q.to(self.device)
             return shared_sampled_softmax_loss(
                 q, pos_emb, self._items(neg_ids), hits,

@@ -29,7 +29,7 @@ def trained(world):
     for name in sorted(MODELS):
         torch.manual_seed(0)
         model = build_model(name, enc.schema)
-        cfg = TrainConfig(mode="full", epochs=15, patience=3, batch_size=64 if MODELS[name].causal else 256,
+        cfg = TrainConfig(mode="full", epochs=30, patience=4, batch_size=32 if MODELS[name].causal else 256,
                           lr=0.003, max_len=MAX_LEN, progress=False)
         MatchTrainer(model, cfg, enc.data, split).fit()
         out[name] = model.eval()
