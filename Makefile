@@ -20,7 +20,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/recall demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -58,9 +58,13 @@ def main() -> None:
         model, _ = load_checkpoint(model_dir)
         unmasked = evaluate_model(model, enc.data, split, "test", cfg.train.max_len, False, cfg.ks)
         rows[name] = {
-            "masked": out.test_metrics, "unmasked": unmasked, "best_epoch": out.best_epoch,
-            "train_seconds": round(out.train_seconds, 1), "wall_seconds": round(wall, 1),
-            "examples_per_s": round(out.examples_per_s), "config": cfg.to_dict(),
+            "masked": out.test_metrics,
+            "unmasked": unmasked,
+            "best_epoch": out.best_epoch,
+            "train_seconds": round(out.train_seconds, 1),
+            "wall_seconds": round(wall, 1),
+            "examples_per_s": round(out.examples_per_s),
+            "config": cfg.to_dict(),
         }
         print(f"{name}: ndcg@10 {out.test_metrics['ndcg@10']:.4f}, {out.examples_per_s:,.0f} examples/s", flush=True)
     _, enc, split = prepared
@@ -70,22 +74,33 @@ def main() -> None:
         "unmasked": evaluate_popularity(counts, enc.data, split, "test", False),
     }
 
-    lines = ["| model | seen | " + " | ".join(COLS) + " | best epoch | train s | examples/s |",
-             "|---|---|" + "---:|" * (len(COLS) + 3)]
+    lines = [
+        "| model | seen | " + " | ".join(COLS) + " | best epoch | train s | examples/s |",
+        "|---|---|" + "---:|" * (len(COLS) + 3),
+    ]
     for name, r in rows.items():
         for which in ("masked", "unmasked"):
             m = r[which]
-            extra = (f"{r['best_epoch']} | {r['train_seconds']} | {r['examples_per_s']:,}" if "best_epoch" in r
-                     else "– | – | –")
+            extra = (
+                f"{r['best_epoch']} | {r['train_seconds']} | {r['examples_per_s']:,}"
+                if "best_epoch" in r
+                else "– | – | –"
+            )
             lines.append(f"| {name} | {which} | " + " | ".join(f"{m[c]:.4f}" for c in COLS) + f" | {extra} |")
     table = "\n".join(lines)
     print(table)
     result = {
         "protocol": "ML-100K, leave-last-out by time, full corpus (1,682 items), test events; "
-                    "early stopping on validation",
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine()},
-        "quick": args.quick, "models": rows, "table": table,
+        "early stopping on validation",
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "quick": args.quick,
+        "models": rows,
+        "table": table,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))

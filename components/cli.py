@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -52,8 +52,11 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
 
 
 @data_app.command("generate")
-def data_generate(config: Path = ConfigOpt, overrides: list[str] = SetOpt,
-                  out: Path = typer.Option(Path("runs/data"), help="Directory for the canonical parquet tables.")) -> None:
+def data_generate(
+    config: Path = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    out: Path = typer.Option(Path("runs/data"), help="Directory for the canonical parquet tables."),
+) -> None:
     """Load or generate the configured source and write the canonical tables as parquet."""
     from .train import load_tables
 
@@ -68,11 +71,20 @@ def data_stats(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
 
     tables, enc, split = prepare(_config(config, overrides))
     lens = enc.data.lengths[1:].float()
-    console.print(json.dumps({
-        "users": enc.data.n_users - 1, "items": enc.data.n_items - 1, "interactions": len(tables.interactions),
-        "mean_events_per_user": round(lens.mean().item(), 2), "max_events_per_user": int(lens.max()),
-        "eval_users": int(split.eval_users("test").numel()), "fingerprint": tables.fingerprint(),
-    }, indent=2))
+    console.print(
+        json.dumps(
+            {
+                "users": enc.data.n_users - 1,
+                "items": enc.data.n_items - 1,
+                "interactions": len(tables.interactions),
+                "mean_events_per_user": round(lens.mean().item(), 2),
+                "max_events_per_user": int(lens.max()),
+                "eval_users": int(split.eval_users("test").numel()),
+                "fingerprint": tables.fingerprint(),
+            },
+            indent=2,
+        )
+    )
 
 
 @models_app.command("list")
@@ -90,9 +102,14 @@ def train(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
 
     cfg = _config(config, overrides)
     out = run(cfg)
-    _metrics(f"{cfg.model} on {cfg.data.source}: test, full corpus, seen items masked",
-             {cfg.model: out.test_metrics, "popularity": out.popularity_test}, cfg.ks[:2])
-    console.print(f"best epoch {out.best_epoch}; {out.examples_per_s:,.0f} training examples/s; run saved in {out.run_dir}")
+    _metrics(
+        f"{cfg.model} on {cfg.data.source}: test, full corpus, seen items masked",
+        {cfg.model: out.test_metrics, "popularity": out.popularity_test},
+        cfg.ks[:2],
+    )
+    console.print(
+        f"best epoch {out.best_epoch}; {out.examples_per_s:,.0f} training examples/s; run saved in {out.run_dir}"
+    )
 
 
 @app.command()
@@ -101,13 +118,23 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A directory written by `r
     from .evaluate import run
 
     out = run(run_dir)
-    _metrics(f"{out.model}: test, full corpus", {f"{out.model} (seen masked)": out.test,
-             f"{out.model} (unmasked)": out.test_unmasked, "popularity (seen masked)": out.popularity}, (10, 20))
+    _metrics(
+        f"{out.model}: test, full corpus",
+        {
+            f"{out.model} (seen masked)": out.test,
+            f"{out.model} (unmasked)": out.test_unmasked,
+            "popularity (seen masked)": out.popularity,
+        },
+        (10, 20),
+    )
 
 
 @app.command()
-def recommend(run_dir: Path = typer.Argument(..., help="A directory written by `recall train`."),
-              user: int = typer.Option(..., help="Raw user id."), k: int = typer.Option(10, min=1, max=1000)) -> None:
+def recommend(
+    run_dir: Path = typer.Argument(..., help="A directory written by `recall train`."),
+    user: int = typer.Option(..., help="Raw user id."),
+    k: int = typer.Option(10, min=1, max=1000),
+) -> None:
     """Top-K unseen items for one user."""
     from .evaluate import recommend as rec
 
@@ -119,8 +146,9 @@ def recommend(run_dir: Path = typer.Argument(..., help="A directory written by `
 
 
 @app.command()
-def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo config."),
-         overrides: list[str] = SetOpt) -> None:
+def demo(
+    config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo config."), overrides: list[str] = SetOpt
+) -> None:
     """The main job on the embedded default: synthetic data → SASRec → evaluation → one user's top-10."""
     from .evaluate import recommend as rec
     from .train import prepare, run
@@ -129,15 +157,22 @@ def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo confi
     cfg = _config(config, overrides)
     prepared = prepare(cfg)
     tables = prepared[0]
-    console.print(f"[bold]1. data[/bold] {cfg.data.source}: {tables.interactions.user_id.nunique()} users, "
-                  f"{len(tables.items)} items, {len(tables.interactions)} interactions → {cfg.out_dir}/data")
+    console.print(
+        f"[bold]1. data[/bold] {cfg.data.source}: {tables.interactions.user_id.nunique()} users, "
+        f"{len(tables.items)} items, {len(tables.interactions)} interactions → {cfg.out_dir}/data"
+    )
     tables.write(Path(cfg.out_dir) / "data")
-    console.print(f"[bold]2. train[/bold] {cfg.model} ({cfg.train.mode} loss, up to {cfg.train.epochs} epochs, "
-                  f"early stopping on validation {cfg.train.monitor})")
+    console.print(
+        f"[bold]2. train[/bold] {cfg.model} ({cfg.train.mode} loss, up to {cfg.train.epochs} epochs, "
+        f"early stopping on validation {cfg.train.monitor})"
+    )
     out = run(cfg, prepared)
     console.print(f"   best epoch {out.best_epoch}, {out.train_seconds:.1f}s, {out.examples_per_s:,.0f} examples/s")
-    _metrics("3. evaluate: test split, full corpus, seen items masked",
-             {cfg.model: out.test_metrics, "popularity": out.popularity_test}, cfg.ks[:2])
+    _metrics(
+        "3. evaluate: test split, full corpus, seen items masked",
+        {cfg.model: out.test_metrics, "popularity": out.popularity_test},
+        cfg.ks[:2],
+    )
     user = int(tables.interactions.user_id.iloc[0])
     console.print(f"[bold]4. top-10 for user {user}[/bold]")
     console.print(rec(cfg.out_dir, user, 10).to_string(index=False))

@@ -23,8 +23,25 @@ from models.schema import Schema
 logger = logging.getLogger(__name__)
 
 ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 AGE_BUCKETS = [0, 18, 25, 35, 45, 50, 56, 200]
 USER_CATEGORICAL = ["gender", "age_bucket", "occupation"]
@@ -82,32 +99,38 @@ def load_ml100k(path: str | None = None) -> Tables:
     """Reads ``u.data``, ``u.user`` and ``u.item`` into the canonical tables (file order kept)."""
     d = ml100k_dir(path)
     inter = pd.read_csv(d / "u.data", sep="\t", names=["user_id", "item_id", "rating", "ts"])
-    inter = pd.DataFrame({
-        "user_id": inter.user_id.astype("int64"),
-        "item_id": inter.item_id.astype("int64"),
-        "event_timestamp": pd.to_datetime(inter.ts, unit="s", utc=True),
-        "rating": inter.rating.astype("float64"),
-    })
+    inter = pd.DataFrame(
+        {
+            "user_id": inter.user_id.astype("int64"),
+            "item_id": inter.item_id.astype("int64"),
+            "event_timestamp": pd.to_datetime(inter.ts, unit="s", utc=True),
+            "rating": inter.rating.astype("float64"),
+        }
+    )
     first_seen = inter.groupby("user_id").event_timestamp.min()
     u = pd.read_csv(d / "u.user", sep="|", names=["user_id", "age", "gender", "occupation", "zip"])
-    users = pd.DataFrame({
-        "user_id": u.user_id.astype("int64"),
-        "age_bucket": _age_bucket(u.age),
-        "gender": u.gender.astype(str),
-        "occupation": u.occupation.astype(str),
-        "zip_prefix": u.zip.astype(str).str[:2],
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": u.user_id.astype("int64"),
+            "age_bucket": _age_bucket(u.age),
+            "gender": u.gender.astype(str),
+            "occupation": u.occupation.astype(str),
+            "zip_prefix": u.zip.astype(str).str[:2],
+        }
+    )
     users["event_timestamp"] = users.user_id.map(first_seen).fillna(inter.event_timestamp.min())
     cols = ["item_id", "title", "release", "video_release", "url", *ML100K_GENRES]
     it = pd.read_csv(d / "u.item", sep="|", names=cols, encoding="latin-1")
     flags = it[ML100K_GENRES].to_numpy().astype(bool)
     year = pd.to_datetime(it.release, format="%d-%b-%Y", errors="coerce").dt.year
-    items = pd.DataFrame({
-        "item_id": it.item_id.astype("int64"),
-        "title": it.title.fillna("").astype(str),
-        "genres": [[g for g, f in zip(ML100K_GENRES, row, strict=True) if f] for row in flags],
-        "year": year.fillna(0).astype("int64"),
-    })
+    items = pd.DataFrame(
+        {
+            "item_id": it.item_id.astype("int64"),
+            "title": it.title.fillna("").astype(str),
+            "genres": [[g for g, f in zip(ML100K_GENRES, row, strict=True) if f] for row in flags],
+            "year": year.fillna(0).astype("int64"),
+        }
+    )
     items["event_timestamp"] = inter.event_timestamp.min()
     return Tables(inter, users, items)
 
@@ -165,7 +188,9 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> Tables:
             chosen[sel] = members[c][np.searchsorted(cum[c], r[sel]).clip(max=len(members[c]) - 1)]
         events[:, step] = chosen
     user_idx = np.repeat(np.arange(n_users), max_len)
-    df = pd.DataFrame({"user_id": user_idx + 1, "item_id": events.ravel() + 1, "step": np.tile(np.arange(max_len), n_users)})
+    df = pd.DataFrame(
+        {"user_id": user_idx + 1, "item_id": events.ravel() + 1, "step": np.tile(np.arange(max_len), n_users)}
+    )
     df = df.drop_duplicates(["user_id", "item_id"], keep="first")
     df = df[df.groupby("user_id").cumcount() < lengths[df.user_id.to_numpy() - 1]]
     start = pd.Timestamp("2024-01-01", tz="UTC").value // 10**9
@@ -173,31 +198,37 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> Tables:
     gaps = rng.exponential(6 * 3600, len(df)).astype(np.int64) + 60
     df = df.sort_values(["user_id", "step"], kind="stable")
     ts = user_start[df.user_id.to_numpy() - 1] + df.assign(g=gaps).groupby("user_id").g.cumsum().to_numpy()
-    interactions = pd.DataFrame({
-        "user_id": df.user_id.to_numpy(dtype=np.int64),
-        "item_id": df.item_id.to_numpy(dtype=np.int64),
-        "event_timestamp": pd.to_datetime(ts, unit="s", utc=True),
-        "rating": rng.integers(1, 6, len(df)).astype(np.float64),
-    })
+    interactions = pd.DataFrame(
+        {
+            "user_id": df.user_id.to_numpy(dtype=np.int64),
+            "item_id": df.item_id.to_numpy(dtype=np.int64),
+            "event_timestamp": pd.to_datetime(ts, unit="s", utc=True),
+            "rating": rng.integers(1, 6, len(df)).astype(np.float64),
+        }
+    )
     occupations = [f"occ{i}" for i in range(C * 2)]
-    users = pd.DataFrame({
-        "user_id": np.arange(1, n_users + 1, dtype=np.int64),
-        "age_bucket": np.array(["18-24", "25-34", "35-44", "45-49", "50-55"])[rng.integers(0, 5, n_users)],
-        "gender": np.where(rng.random(n_users) < 0.5, "F", "M"),
-        # Occupation carries a noisy signal of the home cluster, as profiles do in real data.
-        "occupation": [occupations[2 * h + int(b)] for h, b in zip(home, rng.random(n_users) < 0.5, strict=True)],
-        "zip_prefix": [f"{z:02d}" for z in rng.integers(0, 100, n_users)],
-        "home_cluster": home.astype(np.int64),
-        "event_timestamp": pd.to_datetime(user_start, unit="s", utc=True),
-    })
-    items = pd.DataFrame({
-        "item_id": np.arange(1, n_items + 1, dtype=np.int64),
-        "title": [f"item {i + 1}" for i in range(n_items)],
-        "genres": [[f"genre{c}"] for c in item_cluster],
-        "year": rng.integers(1980, 2025, n_items).astype(np.int64),
-        "cluster": item_cluster.astype(np.int64),
-        "event_timestamp": pd.Timestamp("2024-01-01", tz="UTC"),
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": np.arange(1, n_users + 1, dtype=np.int64),
+            "age_bucket": np.array(["18-24", "25-34", "35-44", "45-49", "50-55"])[rng.integers(0, 5, n_users)],
+            "gender": np.where(rng.random(n_users) < 0.5, "F", "M"),
+            # Occupation carries a noisy signal of the home cluster, as profiles do in real data.
+            "occupation": [occupations[2 * h + int(b)] for h, b in zip(home, rng.random(n_users) < 0.5, strict=True)],
+            "zip_prefix": [f"{z:02d}" for z in rng.integers(0, 100, n_users)],
+            "home_cluster": home.astype(np.int64),
+            "event_timestamp": pd.to_datetime(user_start, unit="s", utc=True),
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(1, n_items + 1, dtype=np.int64),
+            "title": [f"item {i + 1}" for i in range(n_items)],
+            "genres": [[f"genre{c}"] for c in item_cluster],
+            "year": rng.integers(1980, 2025, n_items).astype(np.int64),
+            "cluster": item_cluster.astype(np.int64),
+            "event_timestamp": pd.Timestamp("2024-01-01", tz="UTC"),
+        }
+    )
     return Tables(interactions, users, items)
 
 
@@ -271,7 +302,11 @@ def encode(tables: Tables, max_len: int = 50, max_genres: int = 6) -> Encoded:
         item_table=item_table,
     )
     schema = Schema(
-        n_users=U, n_items=N, user_sparse=user_sparse, item_sparse={"decade": len(vocabs["decade"]) + 1},
-        item_multi={"genres": len(genre_vocab) + 1}, max_len=max_len,
+        n_users=U,
+        n_items=N,
+        user_sparse=user_sparse,
+        item_sparse={"decade": len(vocabs["decade"]) + 1},
+        item_multi={"genres": len(genre_vocab) + 1},
+        max_len=max_len,
     )
     return Encoded(data, schema, np.concatenate([[-1], user_ids]), np.concatenate([[-1], item_ids]), vocabs)

@@ -72,13 +72,15 @@ def recommend(run_dir: str | Path, user_id: int, k: int = 10) -> pd.DataFrame:
     scores, idx = topk(ue, item_embeddings(model, enc.data), k, seen)
     raw = enc.item_ids[idx[0].numpy()]
     items = tables.items.set_index("item_id")
-    return pd.DataFrame({
-        "rank": range(1, len(raw) + 1),
-        "item_id": raw,
-        "title": [items.title.get(i, "") for i in raw],
-        "genres": [", ".join(items.genres.get(i, [])) for i in raw],
-        "score": scores[0].numpy().round(4),
-    })
+    return pd.DataFrame(
+        {
+            "rank": range(1, len(raw) + 1),
+            "item_id": raw,
+            "title": [items.title.get(i, "") for i in raw],
+            "genres": [", ".join(items.genres.get(i, [])) for i in raw],
+            "score": scores[0].numpy().round(4),
+        }
+    )
 
 
 def metrics_table(rows: dict[str, dict[str, float]], ks: tuple[int, ...] = (10, 20, 50, 100)) -> str:
@@ -86,5 +88,7 @@ def metrics_table(rows: dict[str, dict[str, float]], ks: tuple[int, ...] = (10, 
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "hit", "mrr", "precision")]
     head = "| model | " + " | ".join(cols) + " |"
     sep = "|---|" + "---:|" * len(cols)
-    body = [f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |" for name, m in rows.items()]
+    body = [
+        f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.4f}" for c in cols) + " |" for name, m in rows.items()
+    ]
     return "\n".join([head, sep, *body])

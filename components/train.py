@@ -71,8 +71,13 @@ def run(cfg: RunConfig, prepared: tuple[Tables, Encoded, Split] | None = None) -
     test = evaluate_model(model, enc.data, split, "test", cfg.train.max_len, cfg.exclude_seen, cfg.ks)
     pop = evaluate_popularity(train_item_counts(enc.data, split), enc.data, split, "test", cfg.exclude_seen, cfg.ks)
     out = TrainOutput(
-        run_dir=str(cfg.out_dir), val_metrics=result.val_metrics, test_metrics=test, popularity_test=pop,
-        best_epoch=result.best_epoch, train_seconds=result.train_seconds, examples_per_s=result.examples_per_s,
+        run_dir=str(cfg.out_dir),
+        val_metrics=result.val_metrics,
+        test_metrics=test,
+        popularity_test=pop,
+        best_epoch=result.best_epoch,
+        train_seconds=result.train_seconds,
+        examples_per_s=result.examples_per_s,
     )
     Path(cfg.out_dir, "metrics.json").write_text(json.dumps({**asdict(out), "history": result.history}, indent=2))
     return out

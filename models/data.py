@@ -160,7 +160,9 @@ def training_examples(
     return users_t, last[users_t] - k * stride
 
 
-def n_targets(split: Split, causal: bool, users: torch.Tensor, positions: torch.Tensor, max_len: int, context: int = 0) -> int:
+def n_targets(
+    split: Split, causal: bool, users: torch.Tensor, positions: torch.Tensor, max_len: int, context: int = 0
+) -> int:
     """Number of predicted targets in the given training rows (examples, for throughput)."""
     if not causal:
         return users.numel()

@@ -124,7 +124,9 @@ class EmbeddingBank(nn.Module):
             owner = self.features.get(f.table, f)
             vocab, dim = owner.vocab_size, owner.embed_dim
             if f.embed_dim != dim:
-                raise ValueError(f"feature {f.name!r} shares table {f.table!r} but has embed_dim {f.embed_dim} != {dim}")
+                raise ValueError(
+                    f"feature {f.name!r} shares table {f.table!r} but has embed_dim {f.embed_dim} != {dim}"
+                )
             prev = tables.get(f.table)
             tables[f.table] = (max(vocab, f.vocab_size, prev[0] if prev else 0), dim)
         self.tables = nn.ModuleDict({t: nn.Embedding(v, d, padding_idx=0) for t, (v, d) in tables.items()})

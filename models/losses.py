@@ -22,8 +22,16 @@ def resolve_mode(mode: str | int) -> str:
         except KeyError:
             raise ValueError(f"unknown training mode {mode!r}; choose one of: 0, 1, 2, {', '.join(MODES)}") from None
     name = str(mode).lower().replace("-", "").replace("_", "")
-    aliases = {"pointwise": "pointwise", "bce": "pointwise", "pairwise": "pairwise", "bpr": "pairwise",
-               "listwise": "listwise", "softmax": "listwise", "full": "full", "fullsoftmax": "full"}
+    aliases = {
+        "pointwise": "pointwise",
+        "bce": "pointwise",
+        "pairwise": "pairwise",
+        "bpr": "pairwise",
+        "listwise": "listwise",
+        "softmax": "listwise",
+        "full": "full",
+        "fullsoftmax": "full",
+    }
     if name not in aliases:
         raise ValueError(f"unknown training mode {mode!r}; choose one of: 0, 1, 2, {', '.join(MODES)}")
     return aliases[name]
@@ -74,9 +82,7 @@ def full_softmax_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, targets)
 
 
-def inbatch_logits(
-    pos_logits: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def inbatch_logits(pos_logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Splits an (M, M) query × in-batch-positive logit matrix into (pos, neg, mask).
 
     Column j is row j's positive; for row i it is a negative unless it is the same item as row i's
@@ -137,7 +143,11 @@ def shared_sampled_softmax_loss(
     positive, which are left out. Optional log-Q correction of positives (M,) and negatives (n,)."""
     zeros_m, zeros_n = q.new_zeros(q.size(0)), q.new_zeros(neg_emb.size(0))
     return _SharedSampledSoftmax.apply(
-        q, pos_emb, neg_emb, hits[0], hits[1],
+        q,
+        pos_emb,
+        neg_emb,
+        hits[0],
+        hits[1],
         zeros_m if log_q_pos is None else log_q_pos.to(q.dtype),
         zeros_n if log_q_neg is None else log_q_neg.to(q.dtype),
     )

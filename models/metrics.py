@@ -19,9 +19,7 @@ DEFAULT_KS = (10, 20, 50, 100)
 METRICS = ("recall", "precision", "ndcg", "hit", "mrr")
 
 
-def _exclusion_mask(
-    indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, lo: int, hi: int
-) -> torch.Tensor:
+def _exclusion_mask(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Boolean (len(rows), hi-lo) mask of excluded items for a chunk of rows and items."""
     starts, ends = indptr[rows], indptr[rows + 1]
     lengths = ends - starts
@@ -89,7 +87,9 @@ def target_ranks(
     return torch.where(valid, ranks, torch.full_like(ranks, N))
 
 
-def metrics_from_ranks(ranks: torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS, n_targets: torch.Tensor | None = None) -> dict[str, float]:
+def metrics_from_ranks(
+    ranks: torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS, n_targets: torch.Tensor | None = None
+) -> dict[str, float]:
     """Average Recall/Precision/NDCG/Hit/MRR@K over rows from 0-based target ranks.
 
     Args:

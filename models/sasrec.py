@@ -40,8 +40,12 @@ class SASRec(RecallModel):
             raise ValueError(f"embedding_dim {embedding_dim} != history embedding size {d}")
         self.encoder = CausalTransformer(d, num_heads, num_layers, hidden_size, dropout, max_len)
         self._remember(
-            embedding_dim=embedding_dim, num_heads=num_heads, num_layers=num_layers,
-            hidden_size=hidden_size, dropout=dropout, max_len=max_len,
+            embedding_dim=embedding_dim,
+            num_heads=num_heads,
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            dropout=dropout,
+            max_len=max_len,
         )
 
     @classmethod

@@ -126,9 +126,7 @@ class MatchTrainer:
         q, tgt = model.train_queries(batch)
         # Small catalogues: one item-tower pass over every item per step, then gathers, is cheaper
         # than separate passes for positives and negatives (one embedding backward instead of several).
-        self._catalogue = (
-            model.item_tower(self.items_all) if self.data.n_items <= cfg.catalogue_tower_max else None
-        )
+        self._catalogue = model.item_tower(self.items_all) if self.data.n_items <= cfg.catalogue_tower_max else None
         # Scores are linear in the query (and max over interests commutes with a positive scale), so
         # dividing the queries by τ is dividing every score by τ, on (M, d) instead of (M, n).
         q = q / model.temperature
@@ -166,8 +164,12 @@ class MatchTrainer:
                 hits = (hit_rows, hit_col[hit_rows])
             log_q = self.sampler.log_q.to(self.device)
             return shared_sampled_softmax_loss(
-                q, pos_emb, self._items(neg_ids), hits,
-                log_q[tgt] if use_q else None, log_q[neg_ids] if use_q else None,
+                q,
+                pos_emb,
+                self._items(neg_ids),
+                hits,
+                log_q[tgt] if use_q else None,
+                log_q[neg_ids] if use_q else None,
             )
         elif cfg.shared_negatives:
             neg_ids, mask = self.sampler.sample_shared(tgt.cpu(), n)
@@ -212,8 +214,12 @@ class MatchTrainer:
             perm = torch.randperm(users.numel(), generator=self.gen)
             t0 = time.perf_counter()
             total, steps = 0.0, 0
-            bar = tqdm(range(0, perm.numel(), cfg.batch_size), desc=f"{model.name} epoch {epoch}",
-                       disable=None if cfg.progress else True, leave=False)
+            bar = tqdm(
+                range(0, perm.numel(), cfg.batch_size),
+                desc=f"{model.name} epoch {epoch}",
+                disable=None if cfg.progress else True,
+                leave=False,
+            )
             for start in bar:
                 idx = perm[start : start + cfg.batch_size]
                 batch = build_batch(self.data, users[idx], positions[idx], cfg.max_len, model.causal, ctx)
@@ -239,7 +245,9 @@ class MatchTrainer:
             val = evaluate_model(model, self.data, self.split, "val", cfg.max_len, ks=(10, 20, 50, 100))
             current = val[cfg.monitor]
             result.history.append({"epoch": epoch, "loss": total / max(steps, 1), **val})
-            logger.info("%s epoch %d loss %.4f val %s %.4f", model.name, epoch, total / max(steps, 1), cfg.monitor, current)
+            logger.info(
+                "%s epoch %d loss %.4f val %s %.4f", model.name, epoch, total / max(steps, 1), cfg.monitor, current
+            )
             if current > best_score:
                 best_score, best_epoch, bad = current, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
@@ -253,8 +261,11 @@ class MatchTrainer:
             model.load_state_dict(best_state)
         result.best_epoch, result.best_score = best_epoch, best_score
         if out_dir is not None:
-            save_checkpoint(model, out_dir, {"train": asdict(cfg), "best_epoch": best_epoch,
-                                              "val_metrics": result.val_metrics, **(extra or {})})
+            save_checkpoint(
+                model,
+                out_dir,
+                {"train": asdict(cfg), "best_epoch": best_epoch, "val_metrics": result.val_metrics, **(extra or {})},
+            )
         return result
 
     def inference_embedding(

@@ -133,7 +133,9 @@ class YoutubeDNN(RecallModel):
         first = self.user_mlp.net[0]
         profile = self.bank.concat(batch, self.other_user)  # (B, p)
         p = profile.size(1)
-        h = F.linear(pools, first.weight[:, p:], first.bias) + F.linear(profile, first.weight[:, :p]).index_select(0, rows)
+        h = F.linear(pools, first.weight[:, p:], first.bias) + F.linear(profile, first.weight[:, :p]).index_select(
+            0, rows
+        )
         return self._out(self.user_mlp.net[1:](h)), tgt.index_select(0, flat)  # (M, d), (M,)
 
     def item_tower(self, batch: Batch) -> torch.Tensor:

@@ -16,8 +16,11 @@ MAX_LEN = 30
 
 @pytest.fixture(scope="module")
 def world():
-    tables = generate_synthetic(SyntheticConfig(n_users=600, n_items=240, n_interactions=24_000, n_clusters=6,
-                                                 p_popular=0.05, p_drift=0.03, seed=1))
+    tables = generate_synthetic(
+        SyntheticConfig(
+            n_users=600, n_items=240, n_interactions=24_000, n_clusters=6, p_popular=0.05, p_drift=0.03, seed=1
+        )
+    )
     enc = encode(tables, max_len=MAX_LEN)
     return tables, enc, leave_last_out(enc.data)
 
@@ -29,8 +32,15 @@ def trained(world):
     for name in sorted(MODELS):
         torch.manual_seed(0)
         model = build_model(name, enc.schema)
-        cfg = TrainConfig(mode="full", epochs=30, patience=4, batch_size=32 if MODELS[name].causal else 256,
-                          lr=0.003, max_len=MAX_LEN, progress=False)
+        cfg = TrainConfig(
+            mode="full",
+            epochs=30,
+            patience=4,
+            batch_size=32 if MODELS[name].causal else 256,
+            lr=0.003,
+            max_len=MAX_LEN,
+            progress=False,
+        )
         MatchTrainer(model, cfg, enc.data, split).fit()
         out[name] = model.eval()
     return out

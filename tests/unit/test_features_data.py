@@ -5,7 +5,7 @@ import torch
 
 from components.config import load_config
 from components.datasets import SyntheticConfig, generate_synthetic
-from models.data import build_batch, leave_last_out, n_targets, seen_before, train_item_counts, training_examples
+from models.data import build_batch, n_targets, seen_before, train_item_counts, training_examples
 from models.features import EmbeddingBank, SequenceFeature, SparseFeature, pooled_lookup
 from models.layers import MLP
 
@@ -83,8 +83,10 @@ def test_causal_windows_predict_every_training_event_once(tiny, context):
     expect = int((split.train_end - 1).clamp(min=0).sum())
     assert predicted == expect == n_targets(split, True, users, pos, 8, context)
     # target_seq is the history shifted by one: slot i predicts the item in slot i+1.
-    assert torch.equal(b["target_seq"][:, context:-1][b["target_seq"][:, context:-1] > 0],
-                       b["hist_item_ids"][:, context + 1 :][b["target_seq"][:, context:-1] > 0])
+    assert torch.equal(
+        b["target_seq"][:, context:-1][b["target_seq"][:, context:-1] > 0],
+        b["hist_item_ids"][:, context + 1 :][b["target_seq"][:, context:-1] > 0],
+    )
 
 
 def test_seen_before_csr(tiny):
@@ -100,7 +102,10 @@ def test_synthetic_is_deterministic_and_has_no_repeats():
     assert a.interactions.equals(b.interactions)
     assert not a.interactions.duplicated(["user_id", "item_id"]).any()
     assert a.fingerprint() == b.fingerprint()
-    assert a.fingerprint() != generate_synthetic(SyntheticConfig(n_users=50, n_items=60, n_interactions=1000, seed=10)).fingerprint()
+    assert (
+        a.fingerprint()
+        != generate_synthetic(SyntheticConfig(n_users=50, n_items=60, n_interactions=1000, seed=10)).fingerprint()
+    )
 
 
 def test_config_layers_and_errors(tmp_path):

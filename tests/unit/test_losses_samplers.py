@@ -20,7 +20,14 @@ from models.samplers import HardNegativeSampler, PopularitySampler, UniformSampl
 
 def test_mode_names_and_spec_integers():
     assert [resolve_mode(m) for m in (0, 1, 2, "2", "list-wise", "BPR", "full")] == [
-        "pointwise", "pairwise", "listwise", "listwise", "listwise", "pairwise", "full"]
+        "pointwise",
+        "pairwise",
+        "listwise",
+        "listwise",
+        "listwise",
+        "pairwise",
+        "full",
+    ]
     with pytest.raises(ValueError, match="choose one of"):
         resolve_mode(7)
     with pytest.raises(ValueError, match="unknown training mode 'pairwize'"):
@@ -29,15 +36,23 @@ def test_mode_names_and_spec_integers():
 
 def test_pointwise_is_bce():
     pos, neg = torch.tensor([2.0]), torch.tensor([[1.0, -1.0]])
-    expect = -math.log(torch.sigmoid(pos).item()) + (-math.log(1 - torch.sigmoid(torch.tensor(1.0)).item())
-                                                     - math.log(1 - torch.sigmoid(torch.tensor(-1.0)).item())) / 2
+    expect = (
+        -math.log(torch.sigmoid(pos).item())
+        + (
+            -math.log(1 - torch.sigmoid(torch.tensor(1.0)).item())
+            - math.log(1 - torch.sigmoid(torch.tensor(-1.0)).item())
+        )
+        / 2
+    )
     assert pointwise_loss(pos, neg, torch.ones(1, 2, dtype=torch.bool)).item() == pytest.approx(expect, rel=1e-5)
 
 
 def test_pairwise_is_bpr_and_ignores_masked():
     pos, neg = torch.tensor([1.0]), torch.tensor([[0.5, 100.0]])
     mask = torch.tensor([[True, False]])
-    assert pairwise_loss(pos, neg, mask).item() == pytest.approx(-math.log(torch.sigmoid(torch.tensor(0.5)).item()), rel=1e-5)
+    assert pairwise_loss(pos, neg, mask).item() == pytest.approx(
+        -math.log(torch.sigmoid(torch.tensor(0.5)).item()), rel=1e-5
+    )
 
 
 def test_listwise_is_softmax_ce_and_logq_shifts_logits():
@@ -48,7 +63,8 @@ def test_listwise_is_softmax_ce_and_logq_shifts_logits():
     lq_pos, lq_neg = torch.tensor([math.log(0.5)]), torch.tensor([[math.log(0.1), math.log(0.4)]])
     corrected = torch.tensor([1.0 - math.log(0.5), 0.0 - math.log(0.1), 2.0 - math.log(0.4)])
     assert listwise_loss(pos, neg, mask, lq_pos, lq_neg).item() == pytest.approx(
-        -torch.log_softmax(corrected, 0)[0].item(), rel=1e-6)
+        -torch.log_softmax(corrected, 0)[0].item(), rel=1e-6
+    )
     assert torch.equal(logq_correct(torch.tensor([1.0]), torch.tensor([0.25])), torch.tensor([0.75]))
 
 
@@ -60,8 +76,9 @@ def test_listwise_masked_negative_does_not_count():
 
 def test_full_softmax_never_predicts_padding():
     logits = torch.tensor([[100.0, 1.0, 0.0]])
-    assert full_softmax_loss(logits, torch.tensor([1])).item() == pytest.approx(F.cross_entropy(
-        torch.tensor([[1.0, 0.0]]), torch.tensor([0])).item(), rel=1e-6)
+    assert full_softmax_loss(logits, torch.tensor([1])).item() == pytest.approx(
+        F.cross_entropy(torch.tensor([[1.0, 0.0]]), torch.tensor([0])).item(), rel=1e-6
+    )
 
 
 def test_inbatch_masks_duplicate_positives():
@@ -117,4 +134,6 @@ def test_fused_shared_softmax_matches_the_reference(with_logq):
     ref = listwise_loss((q * pos).sum(-1), q @ neg.T, mask, lq_pos, None if lq_neg is None else lq_neg.unsqueeze(0))
     got = shared_sampled_softmax_loss(q, pos, neg, hits, lq_pos, lq_neg)
     assert got.item() == pytest.approx(ref.item(), rel=1e-10)
-    assert torch.autograd.gradcheck(lambda a, b, c: shared_sampled_softmax_loss(a, b, c, hits, lq_pos, lq_neg), (q, pos, neg))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: shared_sampled_softmax_loss(a, b, c, hits, lq_pos, lq_neg), (q, pos, neg)
+    )

@@ -6,13 +6,10 @@ import pytest
 import torch
 
 from components.datasets import Tables, encode
-from models.data import leave_last_out
-from models.evaluation import item_embeddings, user_embeddings
-from models.metrics import evaluate_embeddings
-
 from models.base import score
-from models.data import build_batch, item_batch, training_examples
-from models.evaluation import evaluate_model
+from models.data import build_batch, item_batch, leave_last_out, training_examples
+from models.evaluation import evaluate_model, item_embeddings, user_embeddings
+from models.metrics import evaluate_embeddings
 from models.registry import MODELS, build_model, load_checkpoint, save_checkpoint
 from models.trainer import MatchTrainer, TrainConfig
 
@@ -44,8 +41,17 @@ def _one_batch(model, enc, split):
     return build_batch(enc.data, users[:64], pos[:64], MAX_LEN, model.causal, model.train_context)
 
 
-@pytest.mark.parametrize("mode,negative", [("full", "uniform"), ("listwise", "popularity"), ("pairwise", "uniform"),
-                                           ("pointwise", "uniform"), ("listwise", "inbatch"), ("listwise", "hard")])
+@pytest.mark.parametrize(
+    "mode,negative",
+    [
+        ("full", "uniform"),
+        ("listwise", "popularity"),
+        ("pairwise", "uniform"),
+        ("pointwise", "uniform"),
+        ("listwise", "inbatch"),
+        ("listwise", "hard"),
+    ],
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_decreases_on_a_toy_batch(name, mode, negative, tiny):
     _, enc, split = tiny
@@ -73,19 +79,47 @@ def test_tiny_dataset_can_be_overfitted(name):
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randperm(30, generator=g)[:10] + 1 for _ in range(8)]
     tables = Tables(
-        pd.DataFrame({"user_id": np.repeat(np.arange(1, 9), 10), "item_id": torch.cat(seqs).numpy(),
-                      "event_timestamp": pd.to_datetime(np.tile(np.arange(10) * 3600, 8) + 1e9, unit="s", utc=True),
-                      "rating": 1.0}),
-        pd.DataFrame({"user_id": np.arange(1, 9), "gender": "F", "age_bucket": "18-24", "occupation": "x",
-                      "zip_prefix": "00", "event_timestamp": pd.Timestamp("2001-01-01", tz="UTC")}),
-        pd.DataFrame({"item_id": np.arange(1, 31), "title": "", "genres": [["g"]] * 30, "year": 1999,
-                      "event_timestamp": pd.Timestamp("2001-01-01", tz="UTC")}),
+        pd.DataFrame(
+            {
+                "user_id": np.repeat(np.arange(1, 9), 10),
+                "item_id": torch.cat(seqs).numpy(),
+                "event_timestamp": pd.to_datetime(np.tile(np.arange(10) * 3600, 8) + 1e9, unit="s", utc=True),
+                "rating": 1.0,
+            }
+        ),
+        pd.DataFrame(
+            {
+                "user_id": np.arange(1, 9),
+                "gender": "F",
+                "age_bucket": "18-24",
+                "occupation": "x",
+                "zip_prefix": "00",
+                "event_timestamp": pd.Timestamp("2001-01-01", tz="UTC"),
+            }
+        ),
+        pd.DataFrame(
+            {
+                "item_id": np.arange(1, 31),
+                "title": "",
+                "genres": [["g"]] * 30,
+                "year": 1999,
+                "event_timestamp": pd.Timestamp("2001-01-01", tz="UTC"),
+            }
+        ),
     )
     enc = encode(tables, max_len=MAX_LEN)
     split = leave_last_out(enc.data)
     model = make(name, enc, **({"dropout": 0.0} if name == "sasrec" else {}))
-    cfg = TrainConfig(mode="full", epochs=300, batch_size=8, lr=0.005, max_len=MAX_LEN, patience=1000,
-                      restore_best=False, progress=False)
+    cfg = TrainConfig(
+        mode="full",
+        epochs=300,
+        batch_size=8,
+        lr=0.005,
+        max_len=MAX_LEN,
+        patience=1000,
+        restore_best=False,
+        progress=False,
+    )
     MatchTrainer(model, cfg, enc.data, split).fit()
     users, pos = training_examples(enc.data, split, False, MAX_LEN)
     u = user_embeddings(model, enc.data, users, pos, MAX_LEN)
@@ -121,8 +155,12 @@ def test_training_is_seeded_and_deterministic(tiny):
     outs = []
     for _ in range(2):
         model = make("youtube_dnn", enc)
-        MatchTrainer(model, TrainConfig(epochs=2, max_len=MAX_LEN, negative="popularity", progress=False, seed=4),
-                     enc.data, split).fit()
+        MatchTrainer(
+            model,
+            TrainConfig(epochs=2, max_len=MAX_LEN, negative="popularity", progress=False, seed=4),
+            enc.data,
+            split,
+        ).fit()
         outs.append(model.bank.tables["item_id"].weight.detach().clone())
     assert torch.equal(outs[0], outs[1])
 
@@ -140,11 +178,14 @@ def test_early_stopping_uses_validation_and_saves_best(tiny, tmp_path):
     assert again["ndcg@10"] == pytest.approx(best, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if MODELS[n].causal])
-def test_causal_training_queries_equal_serving_user_vectors(name, tiny):
+CAUSAL = [(n, {}) for n in NAMES if MODELS[n].causal] + [("youtube_dnn", {"pooling": "time_decay", "decay_rate": 0.5})]
+
+
+@pytest.mark.parametrize("name,params", CAUSAL)
+def test_causal_training_queries_equal_serving_user_vectors(name, params, tiny):
     """A causal model's training query for a slot is exactly the user vector served for that event."""
     _, enc, split = tiny
-    model = make(name, enc).eval()
+    model = make(name, enc, **params).eval()
     ctx = model.train_context
     users, pos = training_examples(enc.data, split, True, MAX_LEN, ctx)
     # Rows whose window reaches back to the user's first event (for SASRec, positions then agree).
@@ -155,7 +196,26 @@ def test_causal_training_queries_equal_serving_user_vectors(name, tiny):
     # Rebuild the same targets one by one as serving-time point batches.
     slot_event = pos.unsqueeze(1) - MAX_LEN + torch.arange(MAX_LEN).unsqueeze(0) + 1  # event each slot predicts
     is_target = b["target_seq"] > 0
-    expect = model.user_tower(build_batch(enc.data, users.unsqueeze(1).expand_as(slot_event)[is_target],
-                                          slot_event[is_target], MAX_LEN))
+    expect = model.user_tower(
+        build_batch(enc.data, users.unsqueeze(1).expand_as(slot_event)[is_target], slot_event[is_target], MAX_LEN)
+    )
     assert torch.equal(tgt, b["target_seq"][is_target])
     assert torch.allclose(q, expect, atol=1e-5)
+
+
+def test_time_decay_pooling_weights_recent_items_more(tiny):
+    _, enc, _ = tiny
+    model = make("youtube_dnn", enc, pooling="time_decay", decay_rate=5.0).eval()
+    table = model.bank.tables["item_id"].weight
+    batch = {"hist_item_ids": torch.tensor([[0, 3, 7, 9]]), "hist_age": torch.tensor([[0.0, 30.0, 10.0, 0.0]])}
+    w = torch.exp(-torch.tensor([30.0, 10.0, 0.0]) * model_rate(model))
+    expect = (w[0] * table[3] + w[1] * table[7] + w[2] * table[9]) / w.sum()
+    assert torch.allclose(model._pool(batch)[0], expect, atol=1e-6)
+    assert torch.allclose(model._pool(batch)[0], table[9], atol=1e-4)  # a steep decay keeps the newest
+    mean = make("youtube_dnn", enc).eval()
+    mean.load_state_dict(model.state_dict())
+    assert torch.allclose(mean._pool(batch)[0], (table[3] + table[7] + table[9]) / 3, atol=1e-6)
+
+
+def model_rate(model):
+    return torch.nn.functional.softplus(model.decay).item()
