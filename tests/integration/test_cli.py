@@ -1,0 +1,62 @@
+"""The `recall` CLI end to end on a small synthetic run (in-process, real files)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from components.cli import app
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+SMALL = ["-s", "data.synthetic.n_users=120", "-s", "data.synthetic.n_items=80", "-s", "data.synthetic.n_interactions=3000",
+         "-s", "train.epochs=2", "-s", "train.progress=false", "-s", "train.max_len=20"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    res = runner.invoke(app, ["train", "-s", "model=dssm", "-s", f"out_dir={out}", *SMALL])
+    assert res.exit_code == 0, res.output
+    assert "popularity" in res.output and "examples/s" in res.output
+    return out
+
+
+def test_train_writes_checkpoint_config_and_metrics(run_dir):
+    assert (run_dir / "model.pt").exists()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "dssm" and config["run"]["train"]["epochs"] == 2
+    assert len(config["dataset_fingerprint"]) == 16
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["test_metrics"]) >= {"recall@10", "ndcg@10", "mrr@100", "precision@50", "hit@20"}
+    assert len(metrics["history"]) == 2
+
+
+def test_evaluate_reproduces_the_training_run(run_dir):
+    res = runner.invoke(app, ["evaluate", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    ndcg = json.loads((run_dir / "metrics.json").read_text())["test_metrics"]["ndcg@10"]
+    assert f"{ndcg:.4f}" in res.output
+
+
+def test_recommend_known_and_unknown_user(run_dir):
+    res = runner.invoke(app, ["recommend", str(run_dir), "--user", "1", "--k", "5"])
+    assert res.exit_code == 0, res.output
+    assert len([line for line in res.output.splitlines() if line.strip()[:1].isdigit()]) == 5
+    res = runner.invoke(app, ["recommend", str(run_dir), "--user", "999999"])
+    assert res.exit_code == 2 and "unknown user 999999" in res.output
+
+
+def test_bad_settings_name_the_allowed_values():
+    res = runner.invoke(app, ["train", "-s", "model=sasrek"])
+    assert res.exit_code == 2 and "choose one of: dssm" in res.output
+    res = runner.invoke(app, ["train", "-s", "train.mode=7"])
+    assert res.exit_code == 2 and "unknown training mode" in res.output
+    res = runner.invoke(app, ["train", "-s", "trian.epochs=1"])
+    assert res.exit_code == 2 and "unknown setting 'trian'" in res.output
+
+
+def test_demo_runs_the_main_job(tmp_path):
+    res = runner.invoke(app, ["demo", "-s", f"out_dir={tmp_path}", *SMALL])
+    assert res.exit_code == 0, res.output
+    assert "top-10 for user" in res.output and (tmp_path / "data" / "interactions.parquet").exists()
