@@ -147,6 +147,53 @@ class SyntheticConfig:
     seed: int = 0
 
 
+_SYNTH_CHUNK = 20_000
+
+
+def _simulate(
+    rng: np.random.Generator,
+    cfg: SyntheticConfig,
+    home: np.ndarray,
+    lengths: np.ndarray,
+    first_user: int,
+    members: list[np.ndarray],
+    cum: list[np.ndarray],
+    glob_cum: np.ndarray,
+    user_start: np.ndarray,
+) -> pd.DataFrame:
+    """Event sequences of one chunk of users (see :func:`generate_synthetic`)."""
+    n_users, C, n_items = len(home), cfg.n_clusters, cfg.n_items
+    max_len = int(lengths.max() * 1.3) + 1  # oversample: repeats are dropped afterwards
+    current = home.copy()
+    events = np.full((n_users, max_len), -1, dtype=np.int64)
+    for step in range(max_len):
+        drift = rng.random(n_users) < cfg.p_drift
+        jump = rng.random(n_users) < 0.5
+        current = np.where(drift, np.where(jump, rng.integers(0, C, n_users), home), current)
+        r = rng.random(n_users)
+        popular = rng.random(n_users) < cfg.p_popular
+        chosen = np.empty(n_users, dtype=np.int64)
+        chosen[popular] = np.searchsorted(glob_cum, r[popular]).clip(max=n_items - 1)
+        for c in range(C):
+            sel = (~popular) & (current == c)
+            chosen[sel] = members[c][np.searchsorted(cum[c], r[sel]).clip(max=len(members[c]) - 1)]
+        events[:, step] = chosen
+    local = np.repeat(np.arange(n_users), max_len)
+    df = pd.DataFrame({"u": local, "item_id": events.ravel() + 1, "step": np.tile(np.arange(max_len), n_users)})
+    df = df.drop_duplicates(["u", "item_id"], keep="first")
+    df = df[df.groupby("u").cumcount().to_numpy() < lengths[df.u.to_numpy()]]
+    gaps = rng.exponential(6 * 3600, len(df)).astype(np.int64) + 60
+    ts = user_start[df.u.to_numpy()] + pd.Series(gaps).groupby(df.u.to_numpy()).cumsum().to_numpy()
+    return pd.DataFrame(
+        {
+            "user_id": (df.u.to_numpy() + first_user + 1).astype(np.int64),
+            "item_id": df.item_id.to_numpy(dtype=np.int64),
+            "event_timestamp": pd.to_datetime(ts, unit="s", utc=True),
+            "rating": rng.integers(1, 6, len(df)).astype(np.float64),
+        }
+    )
+
+
 def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> Tables:
     """Deterministic synthetic data with planted taste clusters, sequential drift and popularity skew.
 
@@ -171,41 +218,15 @@ def generate_synthetic(cfg: SyntheticConfig = SyntheticConfig()) -> Tables:
     mean_len = cfg.n_interactions / n_users
     lengths = np.maximum(5, rng.lognormal(np.log(mean_len) - 0.3, 0.75, n_users).astype(int))
     lengths = np.minimum(lengths, n_items // 2)
-    # Oversample by a margin: repeats are dropped afterwards.
-    max_len = int(lengths.max() * 1.3) + 1
-    current = home.copy()
-    events = np.full((n_users, max_len), -1, dtype=np.int64)
-    for step in range(max_len):
-        drift = rng.random(n_users) < cfg.p_drift
-        jump = rng.random(n_users) < 0.5
-        current = np.where(drift, np.where(jump, rng.integers(0, C, n_users), home), current)
-        r = rng.random(n_users)
-        popular = rng.random(n_users) < cfg.p_popular
-        chosen = np.empty(n_users, dtype=np.int64)
-        chosen[popular] = np.searchsorted(glob_cum, r[popular]).clip(max=n_items - 1)
-        for c in range(C):
-            sel = (~popular) & (current == c)
-            chosen[sel] = members[c][np.searchsorted(cum[c], r[sel]).clip(max=len(members[c]) - 1)]
-        events[:, step] = chosen
-    user_idx = np.repeat(np.arange(n_users), max_len)
-    df = pd.DataFrame(
-        {"user_id": user_idx + 1, "item_id": events.ravel() + 1, "step": np.tile(np.arange(max_len), n_users)}
-    )
-    df = df.drop_duplicates(["user_id", "item_id"], keep="first")
-    df = df[df.groupby("user_id").cumcount() < lengths[df.user_id.to_numpy() - 1]]
-    start = pd.Timestamp("2024-01-01", tz="UTC").value // 10**9
-    user_start = start + rng.integers(0, 180 * 86400, n_users)
-    gaps = rng.exponential(6 * 3600, len(df)).astype(np.int64) + 60
-    df = df.sort_values(["user_id", "step"], kind="stable")
-    ts = user_start[df.user_id.to_numpy() - 1] + df.assign(g=gaps).groupby("user_id").g.cumsum().to_numpy()
-    interactions = pd.DataFrame(
-        {
-            "user_id": df.user_id.to_numpy(dtype=np.int64),
-            "item_id": df.item_id.to_numpy(dtype=np.int64),
-            "event_timestamp": pd.to_datetime(ts, unit="s", utc=True),
-            "rating": rng.integers(1, 6, len(df)).astype(np.float64),
-        }
-    )
+    user_start = pd.Timestamp("2024-01-01", tz="UTC").value // 10**9 + rng.integers(0, 180 * 86400, n_users)
+    # Users are simulated in chunks, each with its own stream seeded by (seed, first user of the chunk):
+    # memory stays bounded (10M interactions fit in a few GB) and the result is deterministic.
+    parts = []
+    for lo in range(0, n_users, _SYNTH_CHUNK):
+        hi = min(n_users, lo + _SYNTH_CHUNK)
+        crng = np.random.default_rng([cfg.seed, lo])
+        parts.append(_simulate(crng, cfg, home[lo:hi], lengths[lo:hi], lo, members, cum, glob_cum, user_start[lo:hi]))
+    interactions = pd.concat(parts, ignore_index=True)
     occupations = [f"occ{i}" for i in range(C * 2)]
     users = pd.DataFrame(
         {

@@ -9,8 +9,15 @@ from components.cli import app
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
-SMALL = ["-s", "data.synthetic.n_users=120", "-s", "data.synthetic.n_items=80", "-s", "data.synthetic.n_interactions=3000",
-         "-s", "train.epochs=2", "-s", "train.progress=false", "-s", "train.max_len=20"]
+SETTINGS = [
+    "data.synthetic.n_users=120",
+    "data.synthetic.n_items=80",
+    "data.synthetic.n_interactions=3000",
+    "train.epochs=2",
+    "train.progress=false",
+    "train.max_len=20",
+]
+SMALL = [arg for s in SETTINGS for arg in ("-s", s)]
 
 
 @pytest.fixture(scope="module")

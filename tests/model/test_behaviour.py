@@ -18,7 +18,7 @@ MAX_LEN = 30
 def world():
     tables = generate_synthetic(
         SyntheticConfig(
-            n_users=600, n_items=240, n_interactions=24_000, n_clusters=6, p_popular=0.05, p_drift=0.03, seed=1
+            n_users=600, n_items=240, n_interactions=24_000, n_clusters=6, p_popular=0.02, p_drift=0.02, seed=1
         )
     )
     enc = encode(tables, max_len=MAX_LEN)
