@@ -116,3 +116,68 @@ class RecallModel(nn.Module):
         params["user_features"] = [feature_from_dict(d) for d in params["user_features"]]
         params["item_features"] = [feature_from_dict(d) for d in params["item_features"]]
         return params
+
+
+class SequenceRecallModel(RecallModel):
+    """Models whose user side is the behaviour sequence and whose item tower is the item-id embedding
+    the sequence shares (SASRec, GRU4Rec, NARM, STAMP and the multi-interest models).
+
+    Causal subclasses implement ``encode``: one query per history slot, (B, L, d), where slot t sees
+    only slots ≤ t; serving takes the newest slot and training uses every slot that has a target.
+    """
+
+    causal: ClassVar[bool] = True
+
+    def __init__(self, user_features: list[Feature], item_features: list[Feature], temperature: float = 1.0):
+        super().__init__(user_features, item_features, temperature)
+        self.hist = self.sequence_feature()
+        self.dim = self.bank.table_for(self.hist.name).embedding_dim
+
+    @classmethod
+    def from_schema(cls, schema: Any, embedding_dim: int = 64, **params: Any) -> RecallModel:
+        user = [schema.history(embedding_dim, None)]
+        return cls(user, [schema.item_id(embedding_dim)], **params)
+
+    def history(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item embeddings of the history and its padding mask: (B, L, d), (B, L)."""
+        ids = batch[self.hist.name]
+        return self.bank.tables[self.hist.table](ids), ids > 0
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def user_tower(self, batch: Batch) -> torch.Tensor:
+        return self.encode(batch)[:, -1]  # the newest slot, (B, d)
+
+    def item_tower(self, batch: Batch) -> torch.Tensor:
+        return self.bank.embed("item_id", batch["item_id"])  # (N, d)
+
+    def train_queries(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encode(batch)
+        tgt = batch["target_seq"]
+        keep = tgt > 0
+        return h[keep], tgt[keep]  # (M, d), (M,)
+
+
+class MultiInterestModel(SequenceRecallModel):
+    """K interest vectors per user from the whole history (not causal: one target per example).
+
+    Training picks, for each target, the interest that matches it (label-aware, ``label_power``:
+    None = argmax, a number = softmax attention); serving returns all K and scores take the max.
+    """
+
+    causal: ClassVar[bool] = False
+    multi_interest: ClassVar[bool] = True
+    label_power: float | None = None
+
+    def interests(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def user_tower(self, batch: Batch) -> torch.Tensor:
+        return self.interests(batch)  # (B, K, d)
+
+    def train_queries(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        from .layers import label_aware
+
+        target = batch["target"]
+        return label_aware(self.interests(batch), self.bank.embed("item_id", target), self.label_power), target

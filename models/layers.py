@@ -89,3 +89,126 @@ class CausalTransformer(nn.Module):
         blocked = (~allowed).repeat_interleave(self.num_heads, 0)  # (B·heads, L, L)
         h = self.encoder(h, mask=blocked)
         return self.norm(h) * mask.unsqueeze(-1)
+
+
+# --- sequence helpers ------------------------------------------------------------------------------
+
+
+def left_justify(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Moves the real items of left-padded rows to the front. x: (B, L, ...), mask: (B, L).
+
+    Returns the shifted x and the index that undoes the shift (``restore``): recurrent encoders then
+    read real items first, so their state at an item never depends on how much padding preceded it.
+    """
+    L = mask.size(1)
+    n_pad = (~mask).sum(1, keepdim=True)  # (B, 1)
+    src = (torch.arange(L, device=x.device).unsqueeze(0) + n_pad) % L  # slot read into position i
+    restore = (torch.arange(L, device=x.device).unsqueeze(0) - n_pad) % L
+    return _gather_time(x, src), restore
+
+
+def _gather_time(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    idx = idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:])
+    return torch.gather(x, 1, idx)
+
+
+class RecurrentEncoder(nn.Module):
+    """GRU over a left-padded item sequence; output (B, L, hidden) is zero at padding slots."""
+
+    def __init__(self, dim: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.gru = nn.GRU(dim, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        xj, restore = left_justify(self.drop(x), mask)
+        h, _ = self.gru(xj)  # padding now sits after the real items, so it cannot reach them
+        return _gather_time(h, restore) * mask.unsqueeze(-1)
+
+
+def causal_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, L) bool: query slot t may look at key slot j ≤ t that holds a real item."""
+    L = mask.size(1)
+    return torch.tril(torch.ones(L, L, dtype=torch.bool, device=mask.device)) & mask.unsqueeze(1)
+
+
+def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``allowed`` entries; rows with none allowed give zeros (not NaN)."""
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    w = torch.softmax(logits, dim)
+    return torch.nan_to_num(w, nan=0.0)
+
+
+# --- multi-interest blocks ----------------------------------------------------------------------------
+
+
+def squash(x: torch.Tensor, dim: int = -1, eps: float = 1e-9) -> torch.Tensor:
+    """Capsule squash: keeps the direction, maps the norm n to n² / (1 + n²) < 1."""
+    sq = (x * x).sum(dim, keepdim=True)
+    return x * (sq / (1.0 + sq)) / torch.sqrt(sq + eps)
+
+
+class CapsuleRouting(nn.Module):
+    """Behaviour-to-interest dynamic routing (MIND, ComiRec-DR).
+
+    Low capsules are the history item embeddings (B, L, d); K high capsules (interests) come from
+    ``iterations`` rounds of routing. ``shared=True`` uses one bilinear map for every interest and
+    fixed random initial logits (MIND); ``shared=False`` gives each interest its own map and starts
+    from zero logits (ComiRec-DR). Routing coefficients are a softmax over interests per item.
+    """
+
+    def __init__(self, dim: int, n_interest: int, iterations: int = 3, shared: bool = True):
+        super().__init__()
+        self.K, self.iterations, self.shared = n_interest, iterations, shared
+        if shared:
+            self.S = nn.Parameter(torch.randn(dim, dim) * dim**-0.5)
+        else:
+            self.S = nn.Parameter(torch.randn(n_interest, dim, dim) * dim**-0.5)
+        self.register_buffer("init_logits", torch.randn(n_interest) * (1.0 if shared else 0.0))
+        self.last_coupling: torch.Tensor | None = None  # (B, K, L), for inspection and tests
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, d), mask: (B, L) → interests (B, K, d)."""
+        if self.shared:
+            u = (x @ self.S).unsqueeze(1).expand(-1, self.K, -1, -1)  # (B, K, L, d)
+        else:
+            u = torch.einsum("bld,kde->bkle", x, self.S)
+        b = self.init_logits.view(1, -1, 1).expand(x.size(0), -1, x.size(1))  # (B, K, L)
+        u_detached = u.detach()
+        allowed = mask.unsqueeze(1).expand_as(b)
+        for i in range(self.iterations):
+            c = torch.softmax(b, dim=1) * allowed  # coupling: over interests, per item
+            uu = u if i == self.iterations - 1 else u_detached
+            v = squash(torch.einsum("bkl,bkld->bkd", c, uu))  # (B, K, d)
+            if i < self.iterations - 1:
+                b = b + torch.einsum("bkld,bkd->bkl", u_detached, v)
+        self.last_coupling = c.detach()
+        return v
+
+
+class SelfAttentiveInterests(nn.Module):
+    """ComiRec-SA: K attention heads over the history, A = softmax_L(W2 · tanh(W1 · H)) → (B, K, d)."""
+
+    def __init__(self, dim: int, n_interest: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, n_interest, bias=False)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.w2(torch.tanh(self.w1(h))).transpose(1, 2)  # (B, K, L)
+        a = masked_softmax(logits, mask.unsqueeze(1).expand_as(logits))
+        return a @ h  # (B, K, d)
+
+
+def label_aware(interests: torch.Tensor, target: torch.Tensor, power: float | None = None) -> torch.Tensor:
+    """Picks the interest for a training target. interests: (M, K, d), target: (M, d) → (M, d).
+
+    ``power=None`` takes the interest with the highest score for the target (ComiRec, SINE);
+    a number gives MIND's label-aware attention, softmax(power · scores) over interests.
+    """
+    scores = torch.einsum("mkd,md->mk", interests, target)
+    if power is None:
+        idx = scores.argmax(1)
+        return interests[torch.arange(interests.size(0), device=interests.device), idx]
+    w = torch.softmax(power * scores, dim=1)
+    return torch.einsum("mk,mkd->md", w, interests)

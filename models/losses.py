@@ -47,9 +47,11 @@ def pointwise_loss(pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> 
     return (F.softplus(-pos) + _masked_row_mean(F.softplus(neg), mask)).mean()
 
 
-def pairwise_loss(pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BPR: mean of -log σ(pos - neg) over each row's valid negatives."""
-    return _masked_row_mean(-F.logsigmoid(pos.unsqueeze(1) - neg), mask).mean()
+def pairwise_loss(pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """BPR, mean of -log σ(pos - neg); with ``margin`` > 0 the triplet loss max(0, margin - pos + neg)."""
+    diff = pos.unsqueeze(1) - neg
+    per_pair = F.relu(margin - diff) if margin > 0 else -F.logsigmoid(diff)
+    return _masked_row_mean(per_pair, mask).mean()
 
 
 def logq_correct(logits: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

@@ -13,15 +13,32 @@ from typing import Any
 import torch
 
 from .base import RecallModel
+from .comirec import ComirecDR, ComirecSA
 from .dssm import DSSM
+from .facebook_dssm import FaceBookDSSM
+from .gru4rec import GRU4Rec
+from .mind import MIND
+from .narm import NARM
 from .sasrec import SASRec
 from .schema import Schema
+from .sine import SINE
+from .stamp import STAMP
 from .youtube_dnn import YoutubeDNN
+from .youtube_sbc import YoutubeSBC
 
 MODELS: dict[str, type[RecallModel]] = {
     "dssm": DSSM,
+    "facebook_dssm": FaceBookDSSM,
     "youtube_dnn": YoutubeDNN,
+    "youtube_sbc": YoutubeSBC,
+    "mind": MIND,
+    "gru4rec": GRU4Rec,
+    "narm": NARM,
     "sasrec": SASRec,
+    "sine": SINE,
+    "stamp": STAMP,
+    "comirec_dr": ComirecDR,
+    "comirec_sa": ComirecSA,
 }
 
 

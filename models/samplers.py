@@ -91,3 +91,42 @@ class HardNegativeSampler:
         s = s.masked_fill(pool.to(targets.device).unsqueeze(0) == targets.view(-1, 1), float("-inf"))
         top = torch.topk(s, n, dim=1).indices
         return pool.to(targets.device)[top]
+
+
+class StreamingFrequencyEstimator:
+    """Streaming estimate of each item's sampling probability (Yi et al., 2019, "Sampling-bias-
+    corrected neural modeling"), for log-Q correction of in-batch negatives on an unbounded stream.
+
+    For every item seen at global step t: ``B[h] ← (1-α)·B[h] + α·(t - A[h])`` and ``A[h] ← t``, where
+    h hashes the item into ``n_buckets`` and B is the average number of steps between occurrences.
+    The per-step probability of appearing in a batch is then 1 / B. No table of item counts is
+    needed, and the estimate follows drifting popularity.
+    """
+
+    def __init__(self, n_buckets: int = 1 << 20, alpha: float = 0.01, device: torch.device | str = "cpu"):
+        self.n_buckets, self.alpha = n_buckets, alpha
+        self.last = torch.zeros(n_buckets, dtype=torch.float64, device=device)  # A: last step seen
+        self.gap = torch.zeros(n_buckets, dtype=torch.float64, device=device)  # B: average gap
+        self.step = 0
+
+    def _bucket(self, items: torch.Tensor) -> torch.Tensor:
+        return (items * 2654435761) % self.n_buckets  # Knuth multiplicative hash
+
+    @torch.no_grad()
+    def update(self, items: torch.Tensor) -> None:
+        """Observe one batch of (positive) item ids."""
+        self.step += 1
+        h = torch.unique(self._bucket(items.to(self.last.device)))
+        seen = self.last[h] > 0
+        gap = torch.where(seen, self.step - self.last[h], torch.full_like(self.last[h], float(self.step)))
+        first = self.gap[h] == 0
+        self.gap[h] = torch.where(first, gap, (1 - self.alpha) * self.gap[h] + self.alpha * gap)
+        self.last[h] = float(self.step)
+
+    def probability(self, items: torch.Tensor) -> torch.Tensor:
+        """Estimated probability that each item appears in a batch (1 / average gap)."""
+        g = self.gap[self._bucket(items.to(self.gap.device))]
+        return torch.where(g > 0, 1.0 / g.clamp(min=1.0), torch.full_like(g, 1.0 / max(self.step, 1))).float()
+
+    def log_q(self, items: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.probability(items).clamp(min=1e-12))

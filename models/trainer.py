@@ -15,10 +15,11 @@ from .base import RecallModel, score_pairs
 from .data import SequenceData, Split, build_batch, item_batch, n_targets, train_item_counts, training_examples
 from .evaluation import evaluate_model, item_embeddings, user_embeddings
 from .losses import (
-    LOSSES,
     full_softmax_loss,
     inbatch_logits,
     listwise_loss,
+    pairwise_loss,
+    pointwise_loss,
     resolve_mode,
     shared_sampled_softmax_loss,
 )
@@ -36,6 +37,7 @@ class TrainConfig:
     shared_negatives: bool = True  # one negative set per batch (fast) vs per row
     alpha: float = 0.75  # popularity sampler exponent
     logq: bool = True  # log-Q correction in list-wise mode
+    margin: float = 0.0  # pair-wise mode: 0 = BPR, > 0 = triplet hinge with this margin
     hard_pool: int = 2048  # candidate pool scored to mine hard negatives
     catalogue_tower_max: int = 20_000  # up to this many items, run the item tower on all of them per step
     epochs: int = 20
@@ -96,8 +98,9 @@ class MatchTrainer:
         self.model = model.to(self.device)
         self.data, self.split = data, split
         self.gen = torch.Generator().manual_seed(config.seed)
-        if model.causal and hasattr(model, "encoder") and config.max_len > model.encoder.max_len:
-            raise ValueError(f"max_len {config.max_len} exceeds the model's max_len {model.encoder.max_len}")
+        model_max = getattr(model, "max_len", None) or getattr(getattr(model, "encoder", None), "max_len", None)
+        if model_max is not None and config.max_len > model_max:
+            raise ValueError(f"max_len {config.max_len} exceeds the model's max_len {model_max}")
         counts = train_item_counts(data, split)
         self.log_q_freq = torch.log((counts.float() / counts.sum()).clamp(min=1e-12)).to(self.device)
         if config.negative == "uniform":
@@ -137,9 +140,16 @@ class MatchTrainer:
         if cfg.negative == "inbatch":
             pos, neg, mask = inbatch_logits(model.score(q, pos_emb), tgt)
             if cfg.mode == "listwise":
-                lq = self.log_q_freq[tgt] if cfg.logq else None
+                lq = None
+                estimator = getattr(model, "frequency_estimator", None)
+                if cfg.logq and estimator is not None:  # streaming estimate (YoutubeSBC)
+                    if model.training:
+                        estimator.update(tgt)
+                    lq = estimator.log_q(tgt).to(q.device)
+                elif cfg.logq:
+                    lq = self.log_q_freq[tgt]
                 return listwise_loss(pos, neg, mask, lq, lq.unsqueeze(0) if lq is not None else None)
-            return LOSSES[cfg.mode](pos, neg, mask)
+            return self._pair_or_point(pos, neg, mask)
         pos = score_pairs(q, pos_emb)
         n = cfg.num_negatives
         log_q_neg = None
@@ -186,7 +196,12 @@ class MatchTrainer:
             use_q = cfg.logq and log_q_neg is not None and cfg.negative != "uniform"
             lq_pos = self.sampler.log_q.to(self.device)[tgt] if use_q else None
             return listwise_loss(pos, neg, mask, lq_pos, log_q_neg if use_q else None)
-        return LOSSES[cfg.mode](pos, neg, mask)
+        return self._pair_or_point(pos, neg, mask)
+
+    def _pair_or_point(self, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.mode == "pairwise":
+            return pairwise_loss(pos, neg, mask, self.config.margin)
+        return pointwise_loss(pos, neg, mask)
 
     def regularization(self) -> torch.Tensor:
         cfg = self.config

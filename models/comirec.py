@@ -1,0 +1,58 @@
+"""ComiRec (Cen et al., 2020): multi-interest extraction by dynamic routing (ComirecDR, one map per
+interest) or by multi-head self-attention (ComirecSA); the interest closest to a training target
+is the one trained on it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Batch, MultiInterestModel
+from .features import Feature
+from .layers import CapsuleRouting, SelfAttentiveInterests
+
+
+class ComirecDR(MultiInterestModel):
+    name = "comirec_dr"
+
+    def __init__(
+        self,
+        user_features: list[Feature],
+        item_features: list[Feature],
+        n_interest: int = 4,
+        routing_iterations: int = 3,
+        temperature: float = 1.0,
+    ):
+        super().__init__(user_features, item_features, temperature)
+        self.routing = CapsuleRouting(self.dim, n_interest, routing_iterations, shared=False)
+        self._remember(n_interest=n_interest, routing_iterations=routing_iterations)
+
+    def interests(self, batch: Batch) -> torch.Tensor:
+        return self.routing(*self.history(batch))  # (B, K, d)
+
+
+class ComirecSA(MultiInterestModel):
+    name = "comirec_sa"
+
+    def __init__(
+        self,
+        user_features: list[Feature],
+        item_features: list[Feature],
+        n_interest: int = 4,
+        hidden_size: int = 256,
+        max_len: int = 200,
+        temperature: float = 1.0,
+    ):
+        super().__init__(user_features, item_features, temperature)
+        self.pos = nn.Embedding(max_len, self.dim)
+        self.attention = SelfAttentiveInterests(self.dim, n_interest, hidden_size)
+        self.max_len = max_len
+        self._remember(n_interest=n_interest, hidden_size=hidden_size, max_len=max_len)
+
+    def interests(self, batch: Batch) -> torch.Tensor:
+        x, mask = self.history(batch)
+        L = x.size(1)
+        if L > self.max_len:
+            raise ValueError(f"history length {L} exceeds max_len {self.max_len}")
+        pos = torch.arange(L - 1, -1, -1, device=x.device)  # recency: 0 = newest
+        return self.attention(x + self.pos(pos) * mask.unsqueeze(-1), mask)  # (B, K, d)
