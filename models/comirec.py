@@ -28,7 +28,9 @@ class ComirecDR(MultiInterestModel):
         self._remember(n_interest=n_interest, routing_iterations=routing_iterations)
 
     def interests(self, batch: Batch) -> torch.Tensor:
-        return self.routing(*self.history(batch))  # (B, K, d)
+        x, mask = self.history(batch)
+        table = self.bank.tables[self.hist.table].weight
+        return self.routing(x, mask, batch[self.hist.name], table)  # (B, K, d)
 
 
 class ComirecSA(MultiInterestModel):

@@ -167,21 +167,34 @@ class CapsuleRouting(nn.Module):
         self.register_buffer("init_logits", torch.randn(n_interest) * (1.0 if shared else 0.0))
         self.last_coupling: torch.Tensor | None = None  # (B, K, L), for inspection and tests
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, d), mask: (B, L) → interests (B, K, d)."""
-        if self.shared:
-            u = (x @ self.S).unsqueeze(1).expand(-1, self.K, -1, -1)  # (B, K, L, d)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, L, d), mask: (B, L) → interests (B, K, d).
+
+        With the item ids (B, L) and their embedding table (N, d), and a catalogue no larger than the
+        batch's history, the per-item predictions are computed once per catalogue item and gathered,
+        which is the same value at a fraction of the cost.
+        """
+        # Predictions û of every item for every interest: shared map → (B, L, d), one per interest
+        # → (B, K, L, d). The shared case never materialises K copies.
+        if ids is not None and table is not None and table.size(0) <= ids.numel():
+            if self.shared:
+                u = (table @ self.S)[ids]
+            else:
+                u = torch.einsum("nd,kde->kne", table, self.S)[:, ids].permute(1, 0, 2, 3)
         else:
-            u = torch.einsum("bld,kde->bkle", x, self.S)
+            u = x @ self.S if self.shared else torch.einsum("bld,kde->bkle", x, self.S)
+        pool, agree = ("bkl,bld->bkd", "bld,bkd->bkl") if self.shared else ("bkl,bkld->bkd", "bkld,bkd->bkl")
         b = self.init_logits.view(1, -1, 1).expand(x.size(0), -1, x.size(1))  # (B, K, L)
         u_detached = u.detach()
         allowed = mask.unsqueeze(1).expand_as(b)
         for i in range(self.iterations):
             c = torch.softmax(b, dim=1) * allowed  # coupling: over interests, per item
             uu = u if i == self.iterations - 1 else u_detached
-            v = squash(torch.einsum("bkl,bkld->bkd", c, uu))  # (B, K, d)
+            v = squash(torch.einsum(pool, c, uu))  # (B, K, d)
             if i < self.iterations - 1:
-                b = b + torch.einsum("bkld,bkd->bkl", u_detached, v)
+                b = b + torch.einsum(agree, u_detached, v)
         self.last_coupling = c.detach()
         return v
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .base import Batch, MultiInterestModel
 from .features import Feature
@@ -29,7 +30,7 @@ class MIND(MultiInterestModel):
         super().__init__(user_features, item_features, temperature)
         self.routing = CapsuleRouting(self.dim, n_interest, routing_iterations, shared=True)
         self.profile = [f.name for f in self.user_features if f.name != self.hist.name]
-        params = {"dims": [4 * self.dim, self.dim], "dropout": 0.0, "activation": "relu", **(user_params or {})}
+        params = {"dims": [2 * self.dim, self.dim], "dropout": 0.0, "activation": "relu", **(user_params or {})}
         self.mlp = MLP(self.dim + self.bank.output_dim(self.profile), **params)
         self.label_power = label_power
         self._remember(
@@ -43,8 +44,14 @@ class MIND(MultiInterestModel):
 
     def interests(self, batch: Batch) -> torch.Tensor:
         x, mask = self.history(batch)
-        caps = self.routing(x, mask)  # (B, K, d)
-        if self.profile:
-            prof = self.bank.concat(batch, self.profile).unsqueeze(1).expand(-1, caps.size(1), -1)
-            caps = torch.cat([caps, prof], -1)
-        return self.mlp(caps)  # (B, K, d)
+        table = self.bank.tables[self.hist.table].weight
+        caps = self.routing(x, mask, batch[self.hist.name], table)  # (B, K, d)
+        if not self.profile:
+            return self.mlp(caps)
+        # MLP([capsule; profile]) with the first layer split, W_c·capsule + W_p·profile, so the
+        # profile half runs once per user instead of once per interest (same function, less work).
+        first = self.mlp.net[0]
+        d = caps.size(-1)
+        prof = F.linear(self.bank.concat(batch, self.profile), first.weight[:, d:])  # (B, H)
+        h = F.linear(caps, first.weight[:, :d], first.bias) + prof.unsqueeze(1)
+        return self.mlp.net[1:](h)  # (B, K, d)
