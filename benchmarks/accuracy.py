@@ -26,7 +26,7 @@ from components import train  # noqa: E402
 from components.config import load_config  # noqa: E402
 from models.data import train_item_counts  # noqa: E402
 from models.evaluation import evaluate_model, evaluate_popularity  # noqa: E402
-from models.registry import MODELS  # noqa: E402
+from models.registry import MODELS, load_checkpoint  # noqa: E402
 
 COLS = ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@10", "hit@50", "recall@100"]
 
@@ -52,10 +52,7 @@ def main() -> None:
         t0 = time.perf_counter()
         out = train.run(cfg, prepared)
         wall = time.perf_counter() - t0
-        model_dir = Path(cfg.out_dir)
-        from models.registry import load_checkpoint
-
-        model, _ = load_checkpoint(model_dir)
+        model, _ = load_checkpoint(cfg.out_dir)
         unmasked = evaluate_model(model, enc.data, split, "test", cfg.train.max_len, False, cfg.ks)
         rows[name] = {
             "masked": out.test_metrics,

@@ -60,6 +60,11 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def config_from_dict(tree: dict[str, Any]) -> RunConfig:
+    """Rebuilds a :class:`RunConfig` from ``RunConfig.to_dict()`` output (e.g. a checkpoint's ``run``)."""
+    return _build(RunConfig, tree, "")
+
+
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree

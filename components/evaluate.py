@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from models.evaluation import evaluate_model, evaluate_popularity, item_embeddin
 from models.metrics import topk
 from models.registry import load_checkpoint
 
-from .config import load_config
+from .config import config_from_dict
 from .train import prepare
 
 
@@ -31,20 +30,7 @@ def _load(run_dir: str | Path):
     run = config.get("run")
     if run is None:
         raise ValueError(f"{run_dir}/config.json has no 'run' section; was it written by `recall train`?")
-    flat = _flatten(run)
-    cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in flat.items()])
-    return model, cfg
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "model_params":
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+    return model, config_from_dict(run)
 
 
 def run(run_dir: str | Path) -> EvalOutput:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .features import DenseFeature, Feature, SequenceFeature, SparseFeature
+from .features import Feature, SequenceFeature, SparseFeature
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,3 @@ class Schema:
         feats: list[Feature] = [SparseFeature(n, v, max(4, dim // 4)) for n, v in self.item_sparse.items()]
         feats += [SequenceFeature(n, v, max(4, dim // 4), pooling="mean") for n, v in self.item_multi.items()]
         return feats
-
-
-__all__ = ["Schema", "DenseFeature"]

@@ -150,15 +150,9 @@ class MatchTrainer:
                     lq = self.log_q_freq[tgt]
                 return listwise_loss(pos, neg, mask, lq, lq.unsqueeze(0) if lq is not None else None)
             return self._pair_or_point(pos, neg, mask)
-        pos = score_pairs(q, pos_emb)
         n = cfg.num_negatives
-        log_q_neg = None
-        if cfg.negative == "hard":
-            qd = q.detach()
-            neg_ids = self.sampler.sample(tgt, n, lambda pool: model.score(qd, self._items(pool)))
-            neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1))
-            mask = torch.ones_like(neg, dtype=torch.bool)
-        elif cfg.shared_negatives and cfg.mode == "listwise" and q.dim() == 2 and not self.amp:
+        fused = cfg.shared_negatives and cfg.mode == "listwise" and q.dim() == 2 and not self.amp
+        if fused and cfg.negative != "hard":
             neg_ids = self.sampler.sample_shared(tgt.cpu(), n)[0].to(self.device)
             use_q = cfg.logq and cfg.negative != "uniform"
             if use_q:
@@ -181,6 +175,13 @@ class MatchTrainer:
                 log_q[tgt] if use_q else None,
                 log_q[neg_ids] if use_q else None,
             )
+        pos = score_pairs(q, pos_emb)
+        log_q_neg = None
+        if cfg.negative == "hard":
+            qd = q.detach()
+            neg_ids = self.sampler.sample(tgt, n, lambda pool: model.score(qd, self._items(pool)))
+            neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1))
+            mask = torch.ones_like(neg, dtype=torch.bool)
         elif cfg.shared_negatives:
             neg_ids, mask = self.sampler.sample_shared(tgt.cpu(), n)
             neg_ids, mask = neg_ids.to(self.device), mask.to(self.device)

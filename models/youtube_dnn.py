@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Batch, RecallModel
-from .features import Feature, SequenceFeature, pooled_lookup
+from .features import Feature, pooled_lookup
 from .layers import MLP
 from .schema import Schema
 
@@ -111,10 +111,7 @@ class YoutubeDNN(RecallModel):
 
     def _query(self, pooled: torch.Tensor, batch: Batch) -> torch.Tensor:
         if self.other_user:
-            profile = self.bank.concat(batch, self.other_user)
-            if pooled.dim() == 3:
-                profile = profile.unsqueeze(1).expand(-1, pooled.size(1), -1)
-            pooled = torch.cat([profile, pooled], -1)
+            pooled = torch.cat([self.bank.concat(batch, self.other_user), pooled], -1)
         return self._out(self.user_mlp(pooled))
 
     def user_tower(self, batch: Batch) -> torch.Tensor:
@@ -140,7 +137,3 @@ class YoutubeDNN(RecallModel):
 
     def item_tower(self, batch: Batch) -> torch.Tensor:
         return self._out(self.bank.embed("item_id", batch["item_id"]))  # (N, d)
-
-
-# Keep the spec's SequenceFeature import visible for users building features by hand.
-__all__ = ["YoutubeDNN", "SequenceFeature"]
