@@ -87,12 +87,100 @@ def data_stats(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
     )
 
 
+RegistryOpt = typer.Option(None, "--registry", help="Registry root (default: $RECALL_REGISTRY or runs/registry).")
+
+
+def _registry(root: Path | None):
+    from .registry import Registry
+
+    return Registry(root)
+
+
 @models_app.command("list")
-def models_list() -> None:
-    """Registered models."""
-    for name, cls in MODELS.items():
-        kind = "causal sequence" if cls.causal else "point"
-        console.print(f"{name:14s} {cls.__name__:12s} ({kind}{', multi-interest' if cls.multi_interest else ''})")
+def models_list(
+    registry: Path = RegistryOpt,
+    architectures: bool = typer.Option(False, "--architectures", help="List the model architectures instead."),
+) -> None:
+    """Registered model versions (or, with --architectures, the models that can be trained)."""
+    if architectures:
+        for name, cls in MODELS.items():
+            kind = "causal sequence" if cls.causal else "point"
+            console.print(f"{name:14s} {cls.__name__:12s} ({kind}{', multi-interest' if cls.multi_interest else ''})")
+        return
+    from .registry import verify
+
+    reg = _registry(registry)
+    t = Table(title=f"model versions in {reg.root}")
+    for col in ("tag", "created", "items", "dim", "index", "ANN recall@100", "test ndcg@10", "gate", "status"):
+        t.add_column(col)
+    for name in reg.models():
+        for v in reg.versions(name):
+            path = reg.root / name / v
+            problems = verify(path)
+            meta = json.loads((path / "model.json").read_text()) if (path / "model.json").is_file() else {}
+            test = (meta.get("metrics") or {}).get("test") or {}
+            gate = meta.get("gate") or {}
+            report = (meta.get("index") or {}).get("report", {})
+            t.add_row(
+                f"recall-{name}:{v}",
+                str(meta.get("created_at", "?")),
+                str(meta.get("n_items", "?")),
+                str(meta.get("embedding_dim", "?")),
+                str(report.get("kind", "?")),
+                f"{report['recall_at_k']:.4f}" if "recall_at_k" in report else "?",
+                f"{test['ndcg@10']:.4f}" if "ndcg@10" in test else "-",
+                "-" if not gate else ("passed" if gate.get("passed") else "failed"),
+                "[green]ok[/green]" if not problems else f"[red]broken[/red]: {problems[0]}",
+            )
+    console.print(
+        t if t.row_count else f"no model versions in {reg.root}; create one with `recall models export RUN_DIR`"
+    )
+
+
+@models_app.command("show")
+def models_show(
+    ref: str = typer.Argument(..., help="recall-sasrec:v3, sasrec:v3, or sasrec for the latest version."),
+    registry: Path = RegistryOpt,
+) -> None:
+    """Verify one version and print its model.json (checksums and config folded)."""
+    from .registry import VersionError
+
+    try:
+        mv = _registry(registry).get(ref)
+    except VersionError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    meta = {k: v for k, v in mv.meta.items() if k not in ("checksums", "config")}
+    meta["files"] = sorted(mv.meta["checksums"])
+    meta["path"] = str(mv.path)
+    console.print_json(json.dumps(meta, default=str))
+
+
+@models_app.command("export")
+def models_export(
+    run_dir: Path = typer.Argument(..., help="A directory written by `recall train`."),
+    registry: Path = RegistryOpt,
+    index: str = typer.Option("flat", help="Faiss index: flat | hnsw | ivf_flat | ivf_pq."),
+    version: str = typer.Option(None, help="Version name v<N> (default: the next one)."),
+    bentoml_store: bool = typer.Option(True, "--bentoml/--no-bentoml", help="Also save to the BentoML model store."),
+) -> None:
+    """Export ONNX towers (parity-checked), build the Faiss index, register a version."""
+    from .index import IndexConfig
+    from .register import register_run
+
+    try:
+        mv = register_run(run_dir, _registry(registry), IndexConfig(kind=index), version, to_bentoml=bentoml_store)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    par = mv.meta["export"]["parity"]
+    rep = mv.meta["index"]["report"]
+    console.print(
+        f"registered [bold]{mv.tag}[/bold] at {mv.path}\n"
+        f"  parity max|onnx-torch|: user {par['user']['max_abs_diff']:.2e}, item {par['item']['max_abs_diff']:.2e}\n"
+        f"  index {rep['kind']}: {rep['n_items']} items, d={rep['dim']}, built in {rep['build_seconds']:.2f}s, "
+        f"{rep['size_bytes'] / 1e6:.2f} MB, recall@{rep['k']} vs exact {rep['recall_at_k']:.4f}"
+    )
 
 
 @app.command()

@@ -93,6 +93,16 @@ class RecallModel(nn.Module):
     def item_feature_names(self) -> list[str]:
         return [f.name for f in self.item_features]
 
+    @property
+    def user_inputs(self) -> list[str]:
+        """Batch keys the user tower reads, in a fixed order (the exported tower's input names)."""
+        return self.user_feature_names
+
+    @property
+    def item_inputs(self) -> list[str]:
+        """Batch keys the item tower reads, in a fixed order."""
+        return self.item_feature_names
+
     def sequence_feature(self) -> SequenceFeature:
         seqs = [f for f in self.user_features if isinstance(f, SequenceFeature)]
         if not seqs:

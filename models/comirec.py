@@ -56,5 +56,5 @@ class ComirecSA(MultiInterestModel):
         L = x.size(1)
         if L > self.max_len:
             raise ValueError(f"history length {L} exceeds max_len {self.max_len}")
-        pos = torch.arange(L - 1, -1, -1, device=x.device)  # recency: 0 = newest
+        pos = (L - 1) - torch.arange(L, device=x.device)  # recency: 0 = newest
         return self.attention(x + self.pos(pos) * mask.unsqueeze(-1), mask)  # (B, K, d)

@@ -84,8 +84,8 @@ class CausalTransformer(nn.Module):
         # A query sees real items at or before it, never padding, so the amount of left padding
         # (which differs between a training window and a serving request) cannot change its output.
         # Padding queries see only themselves, which keeps every softmax row well defined.
-        allowed = torch.tril(torch.ones(L, L, dtype=torch.bool, device=x.device)) & mask.unsqueeze(1)
-        allowed = allowed | torch.eye(L, dtype=torch.bool, device=x.device)
+        idx = torch.arange(L, device=x.device)
+        allowed = causal_mask(mask) | (idx.unsqueeze(1) == idx.unsqueeze(0))
         blocked = (~allowed).repeat_interleave(self.num_heads, 0)  # (B·heads, L, L)
         h = self.encoder(h, mask=blocked)
         return self.norm(h) * mask.unsqueeze(-1)
@@ -128,8 +128,8 @@ class RecurrentEncoder(nn.Module):
 
 def causal_mask(mask: torch.Tensor) -> torch.Tensor:
     """(B, L, L) bool: query slot t may look at key slot j ≤ t that holds a real item."""
-    L = mask.size(1)
-    return torch.tril(torch.ones(L, L, dtype=torch.bool, device=mask.device)) & mask.unsqueeze(1)
+    idx = torch.arange(mask.size(1), device=mask.device)  # (comparisons, not tril/eye: exportable to ONNX)
+    return (idx.unsqueeze(1) >= idx.unsqueeze(0)) & mask.unsqueeze(1)
 
 
 def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor, dim: int = -1) -> torch.Tensor:

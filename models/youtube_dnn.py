@@ -68,6 +68,10 @@ class YoutubeDNN(RecallModel):
     def train_context(self) -> int:
         return self.history_len
 
+    @property
+    def user_inputs(self) -> list[str]:
+        return self.user_feature_names + (["hist_age"] if self.pooling == "time_decay" else [])
+
     @classmethod
     def from_schema(cls, schema: Schema, embed_dim: int = 64, **params: Any) -> YoutubeDNN:
         # Half of each causal training window is history for the other half (see models.data).

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+import tempfile
 
-from components.datasets import SyntheticConfig, encode, generate_synthetic
-from models.data import leave_last_out
+# A private BentoML model store for the test session (read by bentoml at import time).
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="recall-bentoml-")
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from components.datasets import SyntheticConfig, encode, generate_synthetic  # noqa: E402
+from models.data import leave_last_out  # noqa: E402
 
 torch.set_num_threads(2)
 
