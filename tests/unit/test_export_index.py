@@ -145,3 +145,20 @@ def test_ivf_probing_every_cell_is_exact():
 def test_unknown_index_kind_names_the_choices():
     with pytest.raises(ValueError, match="flat, hnsw, ivf_flat, ivf_pq"):
         idx.IndexConfig("annoy")
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_hnsw_returns_exact_inner_products_best_first(metric):
+    rng = np.random.default_rng(2)
+    centers = rng.standard_normal((50, 32))
+    items = (centers[rng.integers(0, 50, 3000)] + 0.5 * rng.standard_normal((3000, 32))).astype(np.float32)
+    q = (centers[rng.integers(0, 50, 40)] + 0.5 * rng.standard_normal((40, 32))).astype(np.float32)
+    index = idx.build(items, idx.IndexConfig("hnsw", hnsw_metric=metric, ef_search=200))
+    assert idx.is_mips_reduced(index) is (metric == "l2") and idx.dimension(index) == 32
+    assert index.d == (33 if metric == "l2" else 32)
+    scores, rows = idx.search(index, q, 10)
+    assert np.allclose(scores, np.einsum("bkd,bd->bk", items[rows], q), atol=1e-4)  # true inner products
+    assert np.all(np.diff(scores, axis=1) <= 1e-5)  # best first
+    assert idx.recall_at_k(rows, idx.exact_topk(items, q, 10)) >= 0.95
+    with pytest.raises(ValueError, match="query dimension 8 != index dimension 32"):
+        idx.search(index, q[:, :8], 10)
