@@ -18,7 +18,11 @@ app = typer.Typer(help="Deep-recall MLOps: data, training, evaluation.", no_args
 data_app = typer.Typer(help="Datasets: generate, convert, describe.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(
+    help="Feature store: ingest, validate, Feast apply/materialize, training sets.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
+app.add_typer(features_app, name="features")
 console = Console(width=max(130, shutil.get_terminal_size().columns))
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config (see configs/).")
@@ -160,7 +164,9 @@ def models_show(
 def models_export(
     run_dir: Path = typer.Argument(..., help="A directory written by `recall train`."),
     registry: Path = RegistryOpt,
-    index: str = typer.Option("flat", help="Faiss index: flat | hnsw | ivf_flat | ivf_pq."),
+    index: str = typer.Option(
+        None, help="Faiss index: flat | hnsw | ivf_flat | ivf_pq (default: the run's index.kind)."
+    ),
     version: str = typer.Option(None, help="Version name v<N> (default: the next one)."),
     bentoml_store: bool = typer.Option(True, "--bentoml/--no-bentoml", help="Also save to the BentoML model store."),
 ) -> None:
@@ -169,7 +175,8 @@ def models_export(
     from .register import register_run
 
     try:
-        mv = register_run(run_dir, _registry(registry), IndexConfig(kind=index), version, to_bentoml=bentoml_store)
+        index_cfg = IndexConfig(kind=index) if index else None
+        mv = register_run(run_dir, _registry(registry), index_cfg, version, to_bentoml=bentoml_store)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
@@ -181,6 +188,87 @@ def models_export(
         f"  index {rep['kind']}: {rep['n_items']} items, d={rep['dim']}, built in {rep['build_seconds']:.2f}s, "
         f"{rep['size_bytes'] / 1e6:.2f} MB, recall@{rep['k']} vs exact {rep['recall_at_k']:.4f}"
     )
+
+
+def _feature_steps(config: Path | None, overrides: list[str] | None, steps: tuple[str, ...]) -> dict:
+    from .features import run_pipeline
+    from .validate import DataValidationError
+
+    cfg = _config(config, overrides)
+    try:
+        out = run_pipeline(cfg, steps)
+    except DataValidationError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    t = Table(title=f"features: {', '.join(steps)} → {cfg.features.dir} ({cfg.features.online} online store)")
+    t.add_column("step")
+    t.add_column("seconds", justify="right")
+    for step, secs in out["seconds"].items():
+        t.add_row(step, f"{secs:.1f}")
+    t.add_row("[bold]total[/bold]", f"[bold]{sum(out['seconds'].values()):.1f}[/bold]")
+    console.print(t)
+    if out["rows"]:
+        console.print("rows: " + ", ".join(f"{k} {v:,}" for k, v in out["rows"].items()))
+    if out.get("data_docs"):
+        console.print(f"validation report: {out['data_docs']}")
+    return out
+
+
+@features_app.command("run")
+def features_run(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    """Everything: ingest → validate → apply → materialize → point-in-time training set."""
+    from .features import STEPS
+
+    _feature_steps(config, overrides, STEPS)
+
+
+@features_app.command("ingest")
+def features_ingest(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    """Write the canonical tables and the user_behaviour snapshots under features.dir."""
+    _feature_steps(config, overrides, ("ingest",))
+
+
+@features_app.command("validate")
+def features_validate(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    """Run the Great Expectations suites; exit 1 naming each failed expectation."""
+    _feature_steps(config, overrides, ("validate",))
+
+
+@features_app.command("apply")
+def features_apply(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    """Register the Feast entities, feature views and services."""
+    _feature_steps(config, overrides, ("apply",))
+
+
+@features_app.command("materialize")
+def features_materialize(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    """Load the latest values into the online store (incremental after the first run)."""
+    _feature_steps(config, overrides, ("materialize",))
+
+
+@features_app.command("training-set")
+def features_training_set(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    """Point-in-time training set (one row per training example) → features.dir/training_set.parquet."""
+    _feature_steps(config, overrides, ("training_set",))
+
+
+@features_app.command("online")
+def features_online(
+    users: list[int] = typer.Argument(..., help="Raw user ids."),
+    config: Path = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Read users' online features (what serving sees)."""
+    from feature_repo.definitions import service_for
+
+    from .features import StoreConfig, online_features, store
+
+    cfg = _config(config, overrides)
+    fs = store(StoreConfig(cfg.features.dir, cfg.features.online, cfg.features.redis))
+    console.print_json(json.dumps(online_features(fs, users, service_for(cfg.model)), default=str))
 
 
 @app.command()

@@ -13,19 +13,30 @@ from models.registry import MODELS, get_model_class
 from models.trainer import TrainConfig
 
 from .datasets import SyntheticConfig
+from .index import IndexConfig
+from .validate import ValidationConfig
 
-SOURCES = ("synthetic", "ml100k", "parquet")
+SOURCES = ("synthetic", "ml100k", "parquet", "file")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "synthetic"  # synthetic | ml100k | parquet (a directory of canonical tables)
-    path: str | None = None  # ML-100K directory or canonical-table directory
+    source: str = "synthetic"  # synthetic | ml100k | parquet (a directory of canonical tables) | file
+    path: str | None = None  # ML-100K directory, canonical-table directory, or (file) the interactions file
     synthetic: SyntheticConfig = SyntheticConfig()
+    # source=file: canonical column → source column, e.g. {user_id: uid, item_id: movie, event_timestamp: ts}
+    columns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"unknown data source {self.source!r}; choose one of: {', '.join(SOURCES)}")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    dir: str = "runs/features"  # ingested tables + Feast registry + SQLite online store
+    online: str = "sqlite"  # sqlite | redis
+    redis: str = "localhost:6379"
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,9 @@ class RunConfig:
     ks: tuple[int, ...] = (10, 20, 50, 100)
     exclude_seen: bool = True
     out_dir: str = "runs/latest"
+    features: FeatureConfig = FeatureConfig()
+    validation: ValidationConfig = ValidationConfig()
+    index: IndexConfig = IndexConfig()
 
     def __post_init__(self) -> None:
         get_model_class(self.model)  # fails early with the list of models

@@ -45,19 +45,21 @@ def onnx_user_vectors(path: Path, data, users: torch.Tensor, max_len: int, batch
 def register_run(
     run_dir: str | Path,
     registry: Registry | None = None,
-    index_cfg: idx.IndexConfig = idx.IndexConfig(),
+    index_cfg: idx.IndexConfig | None = None,
     version: str | None = None,
     gate: dict[str, Any] | None = None,
     to_bentoml: bool = True,
     recall_queries: int = 1000,
 ) -> ModelVersion:
-    """Exports, indexes and registers the run in ``run_dir``; returns the verified version."""
+    """Exports, indexes and registers the run in ``run_dir``; returns the verified version.
+    ``index_cfg`` defaults to the run config's ``index`` section."""
     registry = registry or Registry()
     run_dir = Path(run_dir)
     model, config = load_checkpoint(run_dir)
     if "run" not in config:
         raise ValueError(f"{run_dir}/config.json has no 'run' section; was it written by `recall train`?")
     cfg = config_from_dict(config["run"])
+    index_cfg = index_cfg or cfg.index
     tables, enc, split = prepare(cfg)
     if tables.fingerprint() != config.get("dataset_fingerprint", tables.fingerprint()):
         raise ValueError(f"the data of {run_dir} changed since training (dataset fingerprint differs); retrain first")

@@ -36,7 +36,11 @@ def load_tables(cfg: RunConfig) -> Tables:
     if src.source == "ml100k":
         return load_ml100k(src.path)
     if src.path is None:
-        raise ValueError("data.source=parquet needs data.path, a directory with interactions/users/items.parquet")
+        raise ValueError(f"data.source={src.source} needs data.path")
+    if src.source == "file":
+        from .ingest import read_interactions_file, tables_from_interactions
+
+        return tables_from_interactions(read_interactions_file(src.path, src.columns))
     return Tables.read(src.path)
 
 

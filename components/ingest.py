@@ -1,0 +1,174 @@
+"""Ingest step: a source → the canonical parquet tables plus the ``user_behaviour`` snapshot table.
+
+Sources: ``synthetic``, ``ml100k``, ``parquet`` (a directory of canonical tables) or ``file``: any
+parquet/CSV of interactions with a column mapping in config (``data.columns``), with optional user and
+item files. Output, under a run-scoped directory::
+
+    interactions.parquet   user_id int64, item_id int64, event_timestamp timestamp[us, UTC], rating float64
+    users.parquet          user_id + profile columns + event_timestamp
+    items.parquet          item_id + attributes + event_timestamp
+    user_behaviour.parquet one row per (user_id, event_timestamp) at which the user acted:
+                           hist_item_ids list<int64> (the last L items at or before that moment,
+                           oldest → newest), hist_timestamps list<int64> (unix seconds), hist_len
+
+A snapshot is the state right after its moment, which is what the online store must hold. A training
+example at time t therefore reads the snapshot as of just before t (see components.features), so its
+history ends strictly before its target. Ingest is idempotent: the same input writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .datasets import Tables
+
+logger = logging.getLogger(__name__)
+
+TABLES = ("interactions", "users", "items", "user_behaviour")
+CANONICAL_INTERACTIONS = ("user_id", "item_id", "event_timestamp", "rating")
+
+
+def read_interactions_file(path: str | Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """Any parquet/CSV of interactions → canonical columns. ``columns`` maps canonical → source names,
+    e.g. ``{"user_id": "uid", "item_id": "movie", "event_timestamp": "ts"}``; numeric timestamps are
+    unix seconds."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"interactions file {path} does not exist")
+    df = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+    mapping = {c: c for c in CANONICAL_INTERACTIONS} | (columns or {})
+    unknown = set(mapping) - set(CANONICAL_INTERACTIONS)
+    if unknown:
+        raise ValueError(f"unknown canonical columns {sorted(unknown)}; map any of {', '.join(CANONICAL_INTERACTIONS)}")
+    missing = [f"{canon} (from {src!r})" for canon, src in mapping.items() if src not in df and canon != "rating"]
+    if missing:
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}; the file has {list(df.columns)}")
+    ts = df[mapping["event_timestamp"]]
+    ts = pd.to_datetime(ts, unit="s", utc=True) if pd.api.types.is_numeric_dtype(ts) else pd.to_datetime(ts, utc=True)
+    out = pd.DataFrame(
+        {
+            "user_id": df[mapping["user_id"]],
+            "item_id": df[mapping["item_id"]],
+            "event_timestamp": ts,
+        }
+    )
+    if mapping["rating"] in df:
+        out["rating"] = df[mapping["rating"]].astype("float64")
+    return out
+
+
+def tables_from_interactions(inter: pd.DataFrame) -> Tables:
+    """Minimal users/items tables (ids and first-seen time) for a source that only has interactions."""
+    users = inter.groupby("user_id", sort=True).event_timestamp.min().reset_index()
+    items = inter.groupby("item_id", sort=True).event_timestamp.min().reset_index()
+    items["title"] = items.item_id.astype(str)
+    items["genres"] = [[] for _ in range(len(items))]
+    items["year"] = 0
+    return Tables(inter, users, items)
+
+
+def user_behaviour(interactions: pd.DataFrame, max_len: int) -> pd.DataFrame:
+    """The snapshot table: one row per (user, distinct event time), vectorised over all users.
+
+    Events are ordered per user by time, stable on ties (file order), as in the training split.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be ≥ 1, got {max_len}")
+    df = interactions[["user_id", "item_id", "event_timestamp"]].copy()
+    df["_row"] = np.arange(len(df))
+    df = df.sort_values(["user_id", "event_timestamp", "_row"], kind="stable")
+    users = df.user_id.to_numpy()
+    items = df.item_id.to_numpy(dtype=np.int64)
+    secs = df.event_timestamp.to_numpy(dtype="datetime64[us]").astype(np.int64) // 1_000_000
+    ts = df.event_timestamp.to_numpy()
+    n = len(df)
+    new_user = np.r_[True, users[1:] != users[:-1]]
+    first = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))  # first event row of each user
+    # A snapshot at each user's last event of every distinct timestamp (its history includes all ties).
+    last_of_time = np.r_[(users[1:] != users[:-1]) | (ts[1:] != ts[:-1]), True]
+    ends = np.flatnonzero(last_of_time) + 1  # exclusive end of the history window
+    starts = np.maximum(first[ends - 1], ends - max_len)
+    lengths = ends - starts
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32 if lengths.sum() < 2**31 else np.int64)
+    gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    list_type = pa.large_list if offsets.dtype == np.int64 else pa.list_
+    hist = (pa.LargeListArray if list_type is pa.large_list else pa.ListArray).from_arrays(offsets, items[gather])
+    hist_ts = (pa.LargeListArray if list_type is pa.large_list else pa.ListArray).from_arrays(offsets, secs[gather])
+    return pa.table(
+        {
+            "user_id": pa.array(users[ends - 1], pa.int64()),
+            "event_timestamp": pa.array(ts[ends - 1]).cast(pa.timestamp("us", tz="UTC")),
+            "hist_item_ids": hist,
+            "hist_timestamps": hist_ts,
+            "hist_len": pa.array(lengths, pa.int64()),
+        }
+    ).to_pandas()
+
+
+def _canonical(df: pd.DataFrame, key: str) -> pa.Table:
+    """Stable column order and types: timestamps as µs UTC, ids int64, rows sorted by key (and time)."""
+    df = df.copy()
+    for c in df.columns:
+        if pd.api.types.is_datetime64_any_dtype(df[c]):
+            df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
+    sort = [key, "event_timestamp"] if "event_timestamp" in df else [key]
+    df = df.sort_values(sort, kind="stable").reset_index(drop=True)
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    """Deterministic bytes: no pandas metadata, fixed compression, written atomically."""
+    table = table.replace_schema_metadata(None)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=False)
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class IngestOutput:
+    directory: str
+    rows: dict[str, int]
+    fingerprint: str
+
+
+def ingest(tables: Tables, out_dir: str | Path, max_len: int = 50) -> IngestOutput:
+    """Writes the four canonical tables under ``out_dir``. Interactions keep their source order
+    within equal timestamps (the split's tie rule) — only a stable sort by time is applied."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inter = tables.interactions.copy()
+    inter["event_timestamp"] = pd.to_datetime(inter.event_timestamp, utc=True).astype("datetime64[us, UTC]")
+    for c in ("user_id", "item_id"):
+        if inter[c].notna().all():
+            inter[c] = inter[c].astype("int64")
+    # (Unsorted: the split breaks timestamp ties by source order, so the file keeps it.)
+    _write(pa.Table.from_pandas(inter.reset_index(drop=True), preserve_index=False), out / "interactions.parquet")
+    _write(_canonical(tables.users, "user_id"), out / "users.parquet")
+    _write(_canonical(tables.items, "item_id"), out / "items.parquet")
+    clean = inter.dropna(subset=["user_id", "item_id", "event_timestamp"])
+    beh = user_behaviour(clean, max_len)
+    _write(pa.Table.from_pandas(beh, preserve_index=False), out / "user_behaviour.parquet")
+    rows = {
+        "interactions": len(inter),
+        "users": len(tables.users),
+        "items": len(tables.items),
+        "user_behaviour": len(beh),
+    }
+    logger.info("ingested %s into %s", rows, out)
+    return IngestOutput(str(out), rows, Tables(clean, tables.users, tables.items).fingerprint())
+
+
+def read(directory: str | Path) -> tuple[Tables, pd.DataFrame]:
+    """The canonical tables and the behaviour table written by :func:`ingest`."""
+    d = Path(directory)
+    missing = [t for t in TABLES if not (d / f"{t}.parquet").exists()]
+    if missing:
+        raise FileNotFoundError(f"{d} lacks {', '.join(t + '.parquet' for t in missing)}; run `recall features ingest`")
+    return Tables.read(d), pd.read_parquet(d / "user_behaviour.parquet")
