@@ -325,34 +325,50 @@ def recommend(
 def demo(
     config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo config."), overrides: list[str] = SetOpt
 ) -> None:
-    """The main job on the embedded default: synthetic data → SASRec → evaluation → one user's top-10."""
+    """The main job on the embedded default: synthetic data → validated features in Feast (SQLite) →
+    SASRec → evaluation → ONNX + Faiss model version in the registry → one user's top-10."""
+    import dataclasses
+
     from .evaluate import recommend as rec
+    from .features import run_pipeline
+    from .register import register_run
+    from .registry import Registry
     from .train import prepare, run
 
     t0 = time.perf_counter()
     cfg = _config(config, overrides)
+    cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, dir=str(Path(cfg.out_dir) / "features")))
     prepared = prepare(cfg)
     tables = prepared[0]
     console.print(
         f"[bold]1. data[/bold] {cfg.data.source}: {tables.interactions.user_id.nunique()} users, "
-        f"{len(tables.items)} items, {len(tables.interactions)} interactions → {cfg.out_dir}/data"
+        f"{len(tables.items)} items, {len(tables.interactions)} interactions"
     )
-    tables.write(Path(cfg.out_dir) / "data")
+    feats = run_pipeline(cfg, ("ingest", "validate", "apply", "materialize"))
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in feats["seconds"].items())
+    console.print(f"[bold]2. features[/bold] {secs} → {cfg.features.dir} (validation report: {feats['data_docs']})")
     console.print(
-        f"[bold]2. train[/bold] {cfg.model} ({cfg.train.mode} loss, up to {cfg.train.epochs} epochs, "
+        f"[bold]3. train[/bold] {cfg.model} ({cfg.train.mode} loss, up to {cfg.train.epochs} epochs, "
         f"early stopping on validation {cfg.train.monitor})"
     )
     out = run(cfg, prepared)
     console.print(f"   best epoch {out.best_epoch}, {out.train_seconds:.1f}s, {out.examples_per_s:,.0f} examples/s")
     _metrics(
-        "3. evaluate: test split, full corpus, seen items masked",
+        "4. evaluate: test split, full corpus, seen items masked",
         {cfg.model: out.test_metrics, "popularity": out.popularity_test},
         cfg.ks[:2],
     )
+    mv = register_run(cfg.out_dir, Registry(Path(cfg.out_dir) / "registry"), to_bentoml=False)
+    par, rep = mv.meta["export"]["parity"], mv.meta["index"]["report"]
+    worst = max(par["user"]["max_abs_diff"], par["item"]["max_abs_diff"])
+    console.print(
+        f"[bold]5. register[/bold] {mv.tag} at {mv.path}: max |ONNX - PyTorch| {worst:.1e}, "
+        f"{rep['kind']} index over {rep['n_items']} items, recall@{rep['k']} vs exact {rep['recall_at_k']:.3f}"
+    )
     user = int(tables.interactions.user_id.iloc[0])
-    console.print(f"[bold]4. top-10 for user {user}[/bold]")
+    console.print(f"[bold]6. top-10 for user {user}[/bold]")
     console.print(rec(cfg.out_dir, user, 10).to_string(index=False))
-    console.print(f"done in {time.perf_counter() - t0:.1f}s; checkpoint and metrics in {cfg.out_dir}/")
+    console.print(f"done in {time.perf_counter() - t0:.1f}s; everything is under {cfg.out_dir}/")
 
 
 if __name__ == "__main__":

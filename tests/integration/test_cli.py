@@ -66,4 +66,6 @@ def test_bad_settings_name_the_allowed_values():
 def test_demo_runs_the_main_job(tmp_path):
     res = runner.invoke(app, ["demo", "-s", f"out_dir={tmp_path}", *SMALL])
     assert res.exit_code == 0, res.output
-    assert "top-10 for user" in res.output and (tmp_path / "data" / "interactions.parquet").exists()
+    assert "top-10 for user" in res.output and (tmp_path / "features" / "interactions.parquet").exists()
+    assert (tmp_path / "features" / "validation.json").exists() and (tmp_path / "features" / "online_store.db").exists()
+    assert "recall-sasrec:v1" in res.output and (tmp_path / "registry" / "sasrec" / "v1" / "model.json").exists()
