@@ -35,7 +35,7 @@ class IndexConfig:
     hnsw_m: int = 32  # graph degree
     ef_construction: int = 200
     ef_search: int = 256
-    hnsw_metric: str = "ip"  # ip (direct) | l2 (MIPS reduced to nearest-neighbour search)
+    hnsw_metric: str = "l2"  # l2 (MIPS reduced to nearest-neighbour search) | ip (direct)
     nlist: int | None = None  # IVF cells; None = 4·√N
     nprobe: int = 32
     pq_m: int = 16  # PQ sub-quantizers (must divide d)
@@ -78,7 +78,8 @@ def build(vectors: np.ndarray, cfg: IndexConfig = IndexConfig(), seed: int = 0) 
                 raise ValueError(f"ivf_pq needs pq_m dividing the dimension: {cfg.pq_m} does not divide {d}")
             index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, cfg.pq_bits, ip)
         rng = np.random.default_rng(seed)
-        sample = x if n <= cfg.train_size else x[rng.choice(n, cfg.train_size, replace=False)]
+        size = max(cfg.train_size, 40 * nlist)  # k-means wants ≥ 39 points per centroid
+        sample = x if n <= size else x[rng.choice(n, size, replace=False)]
         index.train(sample)
         index.nprobe = min(cfg.nprobe, nlist)  # (faiss's wrapper keeps the quantizer alive with the index)
     index.add(x)
