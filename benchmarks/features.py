@@ -59,9 +59,8 @@ def main() -> None:
     lines = [head, "|---|---:|---:|" + "---:|" * (len(STEPS) + 1)]
     for name, r in rows.items():
         cells = " | ".join(f"{r['seconds'].get(s, float('nan')):.1f}" for s in STEPS)
-        lines.append(
-            f"| {name} | {r['rows']['interactions']:,} | {r['rows']['user_behaviour']:,} | {cells} | {r['total_s']:.1f} |"
-        )
+        sizes = f"{r['rows']['interactions']:,} | {r['rows']['user_behaviour']:,}"
+        lines.append(f"| {name} | {sizes} | {cells} | {r['total_s']:.1f} |")
     table = "\n".join(lines)
     print("\n" + table)
     result = {

@@ -1,0 +1,317 @@
+"""The BentoML recall service: ``bentoml serve serving.service:RecallService``.
+
+``POST /recall`` → Feast online features → the routed version's ONNX user tower → Faiss top-K, minus
+already-seen items. ``POST /recall_batch`` does many users in one call (adaptive batching merges
+concurrent calls). Unknown or history-less users get the popularity fallback. ``GET /healthz``
+(alive), ``GET /readyz`` (JSON: loaded and refused versions; 503 until the default version serves),
+``GET /metrics`` (Prometheus, per-variant counts and latency, cache hit rate), ``GET /status``,
+``POST /admin/reload`` (bearer ``$RECALL_ADMIN_TOKEN``). The routing file is also watched and reloaded
+without a restart; the swap is atomic.
+
+Settings (environment): ``RECALL_ROUTING`` (serving/routing.yaml), ``RECALL_REGISTRY`` (runs/registry;
+versions not found there come from the BentoML model store), ``RECALL_FEATURE_DIR``,
+``RECALL_ONLINE_STORE`` (sqlite | redis), ``RECALL_REDIS``, ``RECALL_RESPONSE_LOG``
+(runs/serving/responses.jsonl), ``RECALL_ADMIN_TOKEN``, ``RECALL_WATCH_INTERVAL_S`` (1; 0 = off),
+``RECALL_CACHE_ENTRIES`` (10000), ``RECALL_CACHE_TTL_S`` (60), ``RECALL_MAX_BODY_BYTES`` (1 MiB).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import BaseModel, Field, StringConstraints
+
+from components.registry import ModelVersion, Registry, VersionError, load_from_bentoml
+
+from . import routing as rt
+from .logsink import ResponseLog
+from .state import ServingState, build_state
+
+logger = logging.getLogger("recall.serving")
+
+UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+K = Annotated[int, Field(ge=1, le=1000, description="how many items, 1..1000")]
+
+REQUESTS = bentoml.metrics.Counter(
+    name="recall_requests_total",
+    documentation="served recall requests by experiment, variant, model and fallback",
+    labelnames=["experiment", "variant", "model", "fallback"],
+)
+LATENCY = bentoml.metrics.Histogram(
+    name="recall_latency_seconds",
+    documentation="recall latency (features + tower + search) by variant",
+    labelnames=["variant", "model"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+CACHE = bentoml.metrics.Gauge(name="recall_cache_hit_rate", documentation="result cache hit rate since last reload")
+RELOADS = bentoml.metrics.Counter(name="recall_reloads_total", documentation="routing reloads", labelnames=["result"])
+
+
+class RecallRequest(BaseModel):
+    user_id: UserId
+    k: K = 100
+    context: dict[str, Any] | None = None
+    exclude_seen: bool = True
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def resolver(registry_root: str):
+    reg = Registry(registry_root)
+
+    def resolve(tag: str) -> ModelVersion:
+        try:
+            return reg.get(tag)
+        except VersionError as e:
+            if "is not in" not in str(e) and "no versions" not in str(e):
+                raise  # present in the registry but broken: do not look elsewhere
+        return load_from_bentoml(tag)
+
+    return resolve
+
+
+class Controller:
+    """Holds the current state; reloads it (file watch or admin call) and swaps it atomically."""
+
+    def __init__(self) -> None:
+        self.routing_path = _env("RECALL_ROUTING", "serving/routing.yaml")
+        self.resolve = resolver(_env("RECALL_REGISTRY", "runs/registry"))
+        self.cache_entries = int(_env("RECALL_CACHE_ENTRIES", "10000"))
+        self.cache_ttl = float(_env("RECALL_CACHE_TTL_S", "60"))
+        self._reload_lock = threading.Lock()
+        self.state: ServingState = self._build(None)
+        self._feature_store = None
+        self._fs_lock = threading.Lock()
+        interval = float(_env("RECALL_WATCH_INTERVAL_S", "1"))
+        if interval > 0:
+            threading.Thread(target=self._watch, args=(interval,), daemon=True, name="routing-watch").start()
+
+    def _build(self, previous: ServingState | None) -> ServingState:
+        return build_state(self.routing_path, self.resolve, previous, 1, self.cache_entries, self.cache_ttl)
+
+    def reload(self) -> dict[str, Any]:
+        """Builds a new state from the routing file and swaps it in; a malformed file keeps the old one."""
+        with self._reload_lock:
+            try:
+                new = self._build(self.state)
+            except rt.RoutingError as e:
+                RELOADS.labels(result="rejected").inc()
+                logger.error("routing reload rejected, keeping the current routing: %s", e)
+                raise
+            if not new.ready:
+                RELOADS.labels(result="rejected").inc()
+                msg = f"default version {new.routing.default} cannot be served: {new.failures.get(new.routing.default)}"
+                logger.error("routing reload rejected, keeping the current routing: %s", msg)
+                raise rt.RoutingError(msg)
+            self.state = new  # atomic reference swap: in-flight requests keep the state they took
+            RELOADS.labels(result="ok").inc()
+            logger.info(
+                "routing reloaded: default %s, %d experiment(s)", new.routing.default, len(new.routing.experiments)
+            )
+            return new.status()
+
+    def _watch(self, interval: float) -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                mtime = Path(self.routing_path).stat().st_mtime
+            except OSError:
+                continue
+            if mtime != self.state.mtime:
+                try:
+                    self.reload()
+                except rt.RoutingError:
+                    self.state.mtime = mtime  # do not retry the same broken file every second
+
+    # --- features ------------------------------------------------------------------------------------
+    def feature_store(self):
+        if self._feature_store is None:
+            from components.features import StoreConfig, store
+
+            cfg = StoreConfig(
+                _env("RECALL_FEATURE_DIR", "runs/features"),
+                _env("RECALL_ONLINE_STORE", "sqlite"),
+                _env("RECALL_REDIS", "localhost:6379"),
+            )
+            self._feature_store = store(cfg)
+        return self._feature_store
+
+    def online(self, users: list[int], refs: list[str]) -> dict[str, list]:
+        rows = [{"user_id": u} for u in users]
+        with self._fs_lock:  # Feast's SQLite connection is not shared across threads safely
+            return self.feature_store().get_online_features(features=refs, entity_rows=rows).to_dict()
+
+
+CONTROLLER: Controller | None = None  # the worker's controller, for the control middleware
+
+
+class ControlMiddleware:
+    """ASGI middleware in front of BentoML's routes: JSON ``/readyz`` (BentoML's own says only yes/no),
+    ``/status``, ``POST /admin/reload`` with a bearer token, and 413 for oversized bodies."""
+
+    def __init__(self, app, max_body: int | None = None):
+        self.app = app
+        self.max_body = max_body or int(_env("RECALL_MAX_BODY_BYTES", str(1 << 20)))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope["path"], scope["method"]
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await _json(send, 413, {"error": f"request body of {length} bytes exceeds {self.max_body}"})
+        ctl = CONTROLLER
+        if path == "/readyz" and ctl is not None:
+            st = ctl.state
+            body = {
+                "ready": st.ready,
+                "default": st.routing.default,
+                "loaded": list(st.retrievers),
+                "failed": st.failures,
+            }
+            return await _json(send, 200 if st.ready else 503, body)
+        if path == "/status" and ctl is not None:
+            return await _json(send, 200, ctl.state.status())
+        if path == "/admin/reload":
+            if method != "POST":
+                return await _json(send, 405, {"error": "use POST /admin/reload"})
+            token = os.environ.get("RECALL_ADMIN_TOKEN")
+            if not token:
+                return await _json(send, 403, {"error": "admin reload is disabled: RECALL_ADMIN_TOKEN is not set"})
+            if headers.get("authorization") != f"Bearer {token}":
+                return await _json(send, 401, {"error": "missing or wrong bearer token"})
+            if ctl is None:
+                return await _json(send, 503, {"error": "service not initialised"})
+            import anyio
+
+            try:
+                status = await anyio.to_thread.run_sync(ctl.reload)
+            except rt.RoutingError as e:
+                return await _json(send, 400, {"error": str(e)})
+            return await _json(send, 200, status)
+        return await self.app(scope, receive, send)
+
+
+async def _json(send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body, default=str).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+@bentoml.service(name="recall", workers=1, traffic={"timeout": 30, "max_concurrency": 512})
+class RecallService:
+    def __init__(self) -> None:
+        global CONTROLLER
+        self.ctl = Controller()
+        CONTROLLER = self.ctl
+        self.log = ResponseLog(_env("RECALL_RESPONSE_LOG", "runs/serving/responses.jsonl"))
+        if not self.ctl.state.ready:
+            logger.error("not ready: %s", self.ctl.state.failures)
+
+    def __is_ready__(self) -> bool:
+        return self.ctl.state.ready
+
+    def _serve(self, reqs: list[RecallRequest]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        state = self.ctl.state  # one state for the whole call, whatever reloads happen meanwhile
+        if not state.ready:
+            raise bentoml.exceptions.ServiceUnavailable(f"default version not loaded: {state.failures}")
+        out: list[dict[str, Any] | None] = [None] * len(reqs)
+        groups: dict[str, list[int]] = {}
+        plans = []
+        for i, r in enumerate(reqs):
+            a, retriever, flag = state.route(r.user_id)
+            key = (retriever.tag, r.user_id, r.k, r.exclude_seen, json.dumps(r.context or {}, sort_keys=True))
+            plans.append((a, retriever, flag, key))
+            cached = state.cache.get(key)
+            if cached is not None:
+                out[i] = cached
+            else:
+                groups.setdefault(retriever.tag, []).append(i)
+        now = time.time()
+        for tag, members in groups.items():
+            retriever = state.retrievers[tag]
+            users: list[int] = []
+            numeric: list[int] = []
+            for i in members:
+                try:
+                    users.append(int(reqs[i].user_id))
+                    numeric.append(i)
+                except ValueError:
+                    out[i] = self._response(plans[i], retriever.popularity(reqs[i].k), unknown=True)
+            if not numeric:
+                continue
+            feats = self.ctl.online(users, retriever.feature_refs())
+            results = retriever.recall(
+                users, feats, [reqs[i].k for i in numeric], [reqs[i].exclude_seen for i in numeric], now
+            )
+            for i, res in zip(numeric, results, strict=True):
+                out[i] = self._response(plans[i], res)
+                state.cache.put(plans[i][3], out[i])
+        elapsed = time.perf_counter() - t0
+        CACHE.set(state.cache.hit_rate)
+        for i, r in enumerate(reqs):
+            resp = out[i]
+            REQUESTS.labels(
+                experiment=resp["experiment"] or "",
+                variant=resp["variant"],
+                model=resp["model"],
+                fallback=resp["fallback"] or "",
+            ).inc()
+            LATENCY.labels(variant=resp["variant"], model=resp["model"]).observe(elapsed)
+            self.log.write(
+                {
+                    "time": now,
+                    "user_id": r.user_id,
+                    "experiment": resp["experiment"],
+                    "variant": resp["variant"],
+                    "model": resp["model"],
+                    "fallback": resp["fallback"],
+                    "k": r.k,
+                    "items": [x["item_id"] for x in resp["items"]],
+                    "latency_ms": round(elapsed * 1000, 3),
+                }
+            )
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _response(plan, res, unknown: bool = False) -> dict[str, Any]:
+        a, retriever, flag, _ = plan
+        return {
+            "items": [{"item_id": it, "score": round(s, 6)} for it, s in zip(res.items, res.scores, strict=True)],
+            "model": retriever.tag,
+            "variant": a.variant,
+            "experiment": a.experiment,
+            "fallback": res.fallback or flag,
+        }
+
+    @bentoml.api(route="/recall")
+    def recall(
+        self, user_id: UserId, k: K = 100, context: dict[str, Any] | None = None, exclude_seen: bool = True
+    ) -> dict[str, Any]:
+        """Top-k items for one user from the version the routing assigns to them."""
+        return self._serve([RecallRequest(user_id=user_id, k=k, context=context, exclude_seen=exclude_seen)])[0]
+
+    @bentoml.api(route="/recall_batch", batchable=True, max_batch_size=128, max_latency_ms=20)
+    def recall_batch(self, requests: list[RecallRequest]) -> list[dict[str, Any]]:
+        """Many users in one call: ``{"requests": [{"user_id": "1", "k": 10}, ...]}``."""
+        return self._serve(requests)
+
+
+RecallService.add_asgi_middleware(ControlMiddleware)
