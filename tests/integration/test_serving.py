@@ -1,0 +1,312 @@
+"""A real `bentoml serve` process over HTTP: retrieval equal to offline, fallback, 4xx, A/B routing,
+a refused corrupted version, hot reload under load with zero failed requests."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+import yaml
+
+from components import index as idx
+from components.config import load_config
+from components.features import run_pipeline
+from components.register import onnx_user_vectors, register_run
+from components.registry import Registry
+from components.train import prepare, run
+from serving import routing as rt
+from serving.logsink import read
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+L = 20
+SMALL = [
+    "data.synthetic.n_users=300",
+    "data.synthetic.n_items=200",
+    "data.synthetic.n_interactions=8000",
+    "train.epochs=2",
+    "train.progress=false",
+    f"train.max_len={L}",
+]
+TOKEN = "test-token"
+
+
+def _routing(path, doc):
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    tmp.replace(path)  # atomic, as an operator's tooling should write it
+
+
+AB = {
+    "default": "recall-sasrec:v1",
+    "experiments": [
+        {
+            "name": "ab",
+            "salt": "s1",
+            "variants": [
+                {"name": "control", "model": "recall-sasrec:v1", "weight": 80},
+                {"name": "treatment", "model": "recall-mind:v1", "weight": 10},
+                {"name": "broken", "model": "recall-sasrec:v3", "weight": 10},
+            ],
+        }
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("serving")
+    cfg = load_config(None, [*SMALL, "model=sasrec", f"out_dir={d / 'sasrec'}", f"features.dir={d / 'features'}"])
+    run_pipeline(cfg, ("ingest", "validate", "apply", "materialize"))
+    run(cfg)
+    run(load_config(None, [*SMALL, "model=mind", f"out_dir={d / 'mind'}"]))
+    reg = Registry(d / "registry")
+    register_run(d / "sasrec", reg, to_bentoml=False)  # v1
+    register_run(d / "sasrec", reg, to_bentoml=False)  # v2: same weights, another tag
+    register_run(d / "mind", reg, to_bentoml=False)
+    v3 = reg.root / "sasrec" / "v3"  # a corrupted copy: truncated user tower
+    shutil.copytree(reg.root / "sasrec" / "v2", v3)
+    data = (v3 / "user_tower.onnx").read_bytes()
+    (v3 / "user_tower.onnx").write_bytes(data[: len(data) // 3])
+    routing = d / "routing.yaml"
+    _routing(routing, AB)
+    _, enc, _ = prepare(cfg)
+    return {"dir": d, "registry": reg, "routing": routing, "enc": enc, "features": d / "features"}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "RECALL_ROUTING": str(world["routing"]),
+        "RECALL_REGISTRY": str(world["registry"].root),
+        "RECALL_FEATURE_DIR": str(world["features"]),
+        "RECALL_RESPONSE_LOG": str(world["dir"] / "log" / "responses.jsonl"),
+        "RECALL_ADMIN_TOKEN": TOKEN,
+        "RECALL_WATCH_INTERVAL_S": "0.5",
+    }
+    log = open(world["dir"] / "serve.log", "w")
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    cmd = [bentoml, "serve", "serving.service:RecallService", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail("bentoml serve exited:\n" + (world["dir"] / "serve.log").read_text()[-3000:])
+        try:
+            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the service did not become ready:\n" + (world["dir"] / "serve.log").read_text()[-3000:])
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _recall(url, user, **kw):
+    r = requests.post(f"{url}/recall", json={"user_id": str(user), **kw}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _offline(world, tag, users, k):
+    """The registered version's ONNX user tower + Faiss on the offline histories (the same events)."""
+    mv = world["registry"].get(tag)
+    enc = world["enc"]
+    rows = torch.from_numpy(np.searchsorted(enc.user_ids, users))
+    q = onnx_user_vectors(mv.path / "user_tower.onnx", enc.data, rows, L)
+    scores, idxs = idx.search(mv.index(), q, k)
+    return [[str(mv.item_ids[r]) for r in row] for row in idxs], scores
+
+
+def test_readyz_lists_loaded_and_refused_versions(server):
+    body = requests.get(f"{server}/readyz", timeout=5).json()
+    assert body["ready"] and set(body["loaded"]) == {"recall-sasrec:v1", "recall-mind:v1"}
+    assert (
+        "recall-sasrec:v3" in body["failed"]
+        and "user_tower.onnx: checksum mismatch" in body["failed"]["recall-sasrec:v3"]
+    )
+    assert requests.get(f"{server}/healthz", timeout=5).status_code == 200
+
+
+def test_known_users_get_the_offline_topk_of_their_variant(server, world):
+    r = rt.parse(AB)
+    users = list(range(1, 61))
+    by_model = {}
+    for u in users:
+        a = rt.assign(r, str(u))
+        resp = _recall(server, u, k=20, exclude_seen=False)
+        assert (resp["variant"], resp["experiment"]) == (a.variant, "ab")
+        if a.variant == "broken":  # its version was refused: served by the default, flagged
+            assert resp["model"] == "recall-sasrec:v1" and resp["fallback"] == "variant_unavailable"
+            continue
+        assert resp["model"] == a.model and resp["fallback"] is None
+        by_model.setdefault(a.model, []).append((u, resp))
+    assert set(by_model) == {"recall-sasrec:v1", "recall-mind:v1"}  # both a single- and a multi-interest model
+    for tag, pairs in by_model.items():
+        items, scores = _offline(world, tag, [u for u, _ in pairs], 20)
+        for (u, resp), want, s in zip(pairs, items, scores, strict=True):
+            got = [x["item_id"] for x in resp["items"]]
+            assert np.allclose([x["score"] for x in resp["items"]], s, atol=1e-4), (tag, u)
+            assert got == want or sorted(got[:-1]) == sorted(want[:-1]), (tag, u)  # ties at the cut only
+
+
+def test_seen_items_are_excluded_by_default(server, world):
+    enc = world["enc"]
+    for u in (3, 4, 5):
+        row = int(np.searchsorted(enc.user_ids, u))
+        lo, hi = int(enc.data.indptr[row]), int(enc.data.indptr[row + 1])
+        history = {str(enc.item_ids[i]) for i in enc.data.items[max(lo, hi - L) : hi].tolist()}
+        got = {x["item_id"] for x in _recall(server, u, k=50)["items"]}
+        assert len(got) == 50 and not got & history
+
+
+def test_unknown_users_get_the_popularity_fallback(server, world):
+    mv = world["registry"].get("recall-sasrec:v1")
+    popular = [str(mv.item_ids[r]) for r in np.argsort(-np.load(mv.path / "popularity.npy"), kind="stable")[:5]]
+    for user in ("987654321", "not-a-number"):
+        resp = _recall(server, user, k=5)
+        assert resp["fallback"] == "popularity" and [x["item_id"] for x in resp["items"]] == popular
+
+
+@pytest.mark.parametrize(
+    "body,fragment",
+    [
+        ({}, "user_id"),
+        ({"user_id": ""}, "at least 1 character"),
+        ({"user_id": "   "}, "at least 1 character"),
+        ({"user_id": "1", "k": 0}, "greater than or equal to 1"),
+        ({"user_id": "1", "k": 1001}, "less than or equal to 1000"),
+        ({"user_id": 5}, "valid string"),
+        ({"user_id": "1", "k": "ten"}, "valid integer"),
+        ({"user_id": "1", "exclude_seen": "maybe"}, "valid boolean"),
+        ({"user_id": "1", "context": [1, 2]}, "should be an object"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_that_says_what_is_wrong(server, body, fragment):
+    r = requests.post(f"{server}/recall", json=body, timeout=10)
+    assert 400 <= r.status_code < 500 and fragment in r.text, (r.status_code, r.text)
+
+
+def test_broken_bodies_and_oversized_requests_are_refused(server):
+    r = requests.post(f"{server}/recall", data=b"{not json", headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == 400 and "Invalid JSON" in r.text
+    r = requests.post(
+        f"{server}/recall", data=b"x" * (2 << 20), headers={"content-type": "application/json"}, timeout=10
+    )
+    assert r.status_code == 413 and "exceeds" in r.text
+    assert _recall(server, 1, k=3)["items"]  # still serving
+
+
+def test_batch_endpoint_matches_single_calls(server):
+    reqs = [{"user_id": str(u), "k": 10} for u in (1, 2, 3, 999999)]
+    r = requests.post(f"{server}/recall_batch", json={"requests": reqs}, timeout=10)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [g["items"] for g in got] == [_recall(server, q["user_id"], k=10)["items"] for q in reqs]
+    assert got[-1]["fallback"] == "popularity"
+
+
+def test_metrics_log_and_cache(server, world):
+    for _ in range(3):
+        _recall(server, 7, k=10)
+    status = requests.get(f"{server}/status", timeout=5).json()
+    assert status["cache"]["hit_rate"] > 0
+    metrics = requests.get(f"{server}/metrics", timeout=5).text
+    assert 'recall_requests_total{experiment="ab"' in metrics and "recall_latency_seconds_bucket" in metrics
+    assert "recall_cache_hit_rate" in metrics
+    time.sleep(0.2)
+    records = read(world["dir"] / "log" / "responses.jsonl")
+    mine = [x for x in records if x["user_id"] == "7"]
+    assert len(mine) >= 3 and {"time", "experiment", "variant", "model", "items", "latency_ms"} <= set(mine[-1])
+
+
+def test_admin_reload_needs_the_token_and_rejects_a_bad_file(server, world):
+    assert requests.post(f"{server}/admin/reload", timeout=5).status_code == 401
+    bad = {"Authorization": "Bearer nope"}
+    assert requests.post(f"{server}/admin/reload", headers=bad, timeout=5).status_code == 401
+    ok = {"Authorization": f"Bearer {TOKEN}"}
+    r = requests.post(f"{server}/admin/reload", headers=ok, timeout=30)
+    assert r.status_code == 200 and r.json()["ready"]
+    original = world["routing"].read_text()
+    world["routing"].write_text("default: [")  # malformed
+    try:
+        r = requests.post(f"{server}/admin/reload", headers=ok, timeout=30)
+        assert r.status_code == 400 and "not valid YAML" in r.json()["error"]
+        assert _recall(server, 1, k=3)["model"] in ("recall-sasrec:v1", "recall-mind:v1")  # old routing serves
+    finally:
+        _routing(world["routing"], yaml.safe_load(original))
+        requests.post(f"{server}/admin/reload", headers=ok, timeout=30)
+
+
+def test_hot_reload_under_load_drops_nothing(server, world):
+    stop = threading.Event()
+    seen_models: list[str] = []
+    failures: list[str] = []
+
+    def load():
+        i = 0
+        while not stop.is_set() and i < 5000:
+            i += 1
+            try:
+                r = requests.post(f"{server}/recall", json={"user_id": str(1 + i % 250), "k": 10}, timeout=10)
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    seen_models.append(r.json()["model"])
+            except requests.RequestException as e:
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        _routing(world["routing"], {"default": "recall-sasrec:v2", "experiments": []})  # change 1
+        deadline = time.time() + 30
+        while time.time() < deadline and (not seen_models or seen_models[-1] != "recall-sasrec:v2"):
+            time.sleep(0.1)
+        n1 = len(seen_models)
+        time.sleep(1.0)
+        assert set(seen_models[n1:]) == {"recall-sasrec:v2"}  # everyone moved to the new default
+        _routing(world["routing"], {"default": "recall-mind:v1", "experiments": []})  # change 2
+        deadline = time.time() + 30
+        while time.time() < deadline and (not seen_models or seen_models[-1] != "recall-mind:v1"):
+            time.sleep(0.1)
+        n2 = len(seen_models)
+        time.sleep(1.0)
+        assert set(seen_models[n2:]) == {"recall-mind:v1"}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        _routing(world["routing"], AB)
+    assert failures == [], failures[:5]
+    assert len(seen_models) > 50
+    status = requests.get(f"{server}/status", timeout=5).json()
+    assert json.dumps(status["routing"])  # the service reports what it serves

@@ -1,0 +1,121 @@
+"""Routing as pure functions, the result cache and the response log."""
+
+import time
+
+import pytest
+
+from serving import routing as rt
+from serving.logsink import ResponseLog, read
+from serving.state import ResultCache
+
+AB = {
+    "default": "recall-sasrec:v3",
+    "experiments": [
+        {
+            "name": "sasrec-v4",
+            "salt": "7f3a",
+            "variants": [
+                {"name": "control", "model": "recall-sasrec:v3", "weight": 90},
+                {"name": "treatment", "model": "recall-sasrec:v4", "weight": 10},
+            ],
+        }
+    ],
+}
+
+
+def test_a_90_10_split_of_10000_users_is_within_1_5_points_and_sticky():
+    r = rt.parse(AB)
+    users = [str(u) for u in range(10_000)]
+    first = [rt.assign(r, u) for u in users]
+    share = sum(a.variant == "treatment" for a in first) / len(users)
+    assert abs(share - 0.10) <= 0.015
+    assert [rt.assign(r, u) for u in users] == first  # the same user always lands in the same variant
+    assert {a.model for a in first} == {"recall-sasrec:v3", "recall-sasrec:v4"}
+    assert all(a.experiment == "sasrec-v4" for a in first)
+
+
+def test_different_salts_split_independently():
+    a = rt.parse(AB)
+    b = rt.parse({**AB, "experiments": [{**AB["experiments"][0], "salt": "other"}]})
+    users = [str(u) for u in range(10_000)]
+    both = sum(rt.assign(a, u).variant == rt.assign(b, u).variant == "treatment" for u in users) / len(users)
+    assert abs(both - 0.01) < 0.005  # 10 % × 10 %: independent, not the same users again
+
+
+def test_traffic_enrols_a_share_and_the_rest_get_the_default():
+    r = rt.parse({**AB, "experiments": [{**AB["experiments"][0], "traffic": 20}]})
+    got = [rt.assign(r, str(u)) for u in range(10_000)]
+    enrolled = sum(a.experiment is not None for a in got) / len(got)
+    assert abs(enrolled - 0.20) < 0.015
+    assert all(a.model == "recall-sasrec:v3" and a.variant == "default" for a in got if a.experiment is None)
+
+
+def test_no_experiments_routes_everyone_to_the_default():
+    r = rt.parse({"default": "recall-dssm:v1"})
+    assert rt.assign(r, "42") == rt.Assignment("recall-dssm:v1", None, "default")
+    assert r.models() == ["recall-dssm:v1"]
+
+
+def _exp(weight, **extra):
+    return {"default": "a", "experiments": [{"name": "e", "salt": "s", **extra,
+            "variants": [{"name": "c", "model": "m", "weight": weight}]}]}  # fmt: skip
+
+
+def test_bucket_is_a_stable_hash():
+    assert rt.bucket("7f3a", "42") == rt.bucket("7f3a", "42")
+    assert 0 <= rt.bucket("7f3a", "42") < rt.BUCKETS
+    assert len({rt.bucket("s", str(u)) for u in range(1000)}) > 900
+
+
+@pytest.mark.parametrize(
+    "doc,message",
+    [
+        ({}, "missing 'default'"),
+        ([], "must be a mapping"),
+        ({"default": "a", "extra": 1}, "unknown keys"),
+        ({"default": "a", "experiments": [{"salt": "s", "variants": []}]}, "experiments[0]: missing 'name'"),
+        ({"default": "a", "experiments": [{"name": "e", "variants": [{"name": "c", "model": "m", "weight": 1}]}]},
+         "experiments[0]: missing 'salt'"),
+        (_exp(-1), "weight must be a number ≥ 0"),
+        (_exp(0), "at least one variant with a positive weight"),
+        (_exp(1, traffic=150), "traffic must be a percentage"),
+    ],
+)  # fmt: skip
+def test_malformed_configs_say_what_is_wrong(doc, message):
+    with pytest.raises(rt.RoutingError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        rt.parse(doc)
+
+
+def test_round_trip_and_models():
+    r = rt.parse(AB)
+    assert rt.parse(rt.to_dict(r)) == r
+    assert r.models() == ["recall-sasrec:v3", "recall-sasrec:v4"]
+
+
+def test_load_reports_missing_and_invalid_files(tmp_path):
+    with pytest.raises(rt.RoutingError, match="does not exist"):
+        rt.load(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("default: [unclosed")
+    with pytest.raises(rt.RoutingError, match="not valid YAML"):
+        rt.load(tmp_path / "bad.yaml")
+
+
+def test_result_cache_is_bounded_expires_and_counts_hits():
+    c = ResultCache(max_entries=2, ttl_s=0.2)
+    c.put("a", 1)
+    c.put("b", 2)
+    assert c.get("a") == 1  # a is now the most recent
+    c.put("c", 3)  # evicts b, the least recently used
+    assert c.get("b") is None and c.get("c") == 3 and len(c) == 2
+    assert c.hit_rate == pytest.approx(2 / 3)
+    time.sleep(0.25)
+    assert c.get("a") is None  # expired
+
+
+def test_response_log_rotates_and_reads_back_in_order(tmp_path):
+    log = ResponseLog(tmp_path / "r.jsonl", max_bytes=300, backups=50)
+    for i in range(40):
+        log.write({"i": i, "items": ["1", "2", "3"]})
+    log.flush()
+    assert len(list(tmp_path.glob("r.jsonl.*"))) > 1  # rotated
+    assert [r["i"] for r in read(tmp_path / "r.jsonl")] == list(range(40))
