@@ -30,11 +30,16 @@ class ResponseLog:
 
 
 def read(path: str | Path) -> list[dict[str, Any]]:
-    """Every record in the log and its rotated files, oldest first."""
+    """Every record of the log at ``path`` — including the per-worker files ``<stem>.<pid><suffix>`` the
+    service writes and their rotated copies — ordered by ``time`` (file order within equal times)."""
     p = Path(path)
-    files = sorted(p.parent.glob(p.name + ".*"), key=lambda f: -int(f.suffix[1:]) if f.suffix[1:].isdigit() else 0)
-    out = []
-    for f in [*files, p]:
-        if f.exists():
-            out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return out
+    files = sorted(f for f in p.parent.glob(f"{p.stem}*{p.suffix}*") if f.is_file())
+
+    def rotation(f: Path) -> int:  # x.jsonl.3 is older than x.jsonl.1, which is older than x.jsonl
+        tail = f.name.rsplit(".", 1)[-1]
+        return -int(tail) if tail.isdigit() else 0
+
+    out: list[dict[str, Any]] = []
+    for f in sorted(files, key=lambda f: (f.name.split(p.suffix)[0], rotation(f))):
+        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return sorted(out, key=lambda r: r.get("time", 0))

@@ -119,3 +119,12 @@ def test_response_log_rotates_and_reads_back_in_order(tmp_path):
     log.flush()
     assert len(list(tmp_path.glob("r.jsonl.*"))) > 1  # rotated
     assert [r["i"] for r in read(tmp_path / "r.jsonl")] == list(range(40))
+
+
+def test_response_log_merges_per_worker_files_by_time(tmp_path):
+    a, b = ResponseLog(tmp_path / "r.101.jsonl"), ResponseLog(tmp_path / "r.202.jsonl")
+    for t in range(6):
+        (a if t % 2 else b).write({"time": t})
+    a.flush()
+    b.flush()
+    assert [r["time"] for r in read(tmp_path / "r.jsonl")] == list(range(6))
