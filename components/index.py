@@ -105,15 +105,26 @@ def dimension(index: faiss.Index) -> int:
     return index.d - 1 if is_mips_reduced(index) else index.d
 
 
+_NORM2: dict[int, float] = {}  # id(index) → M², the common squared norm of a reduced index's vectors
+
+
+def _mips_norm2(index: faiss.Index) -> float:
+    key = id(index)
+    if key not in _NORM2:
+        v = index.reconstruct(0)
+        _NORM2[key] = float(np.dot(v, v))  # every padded vector has |x'|² = M²
+    return _NORM2[key]
+
+
 def _search(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if not is_mips_reduced(index):
         return index.search(q, k)
-    _, rows = index.search(np.hstack([q, np.zeros((len(q), 1), dtype=np.float32)]), k)
-    vecs = index.reconstruct_batch(np.maximum(rows, 0).ravel()).reshape(*rows.shape, -1)[..., :-1]
-    scores = np.einsum("bkd,bd->bk", vecs, q).astype(np.float32)
+    dist, rows = index.search(np.hstack([q, np.zeros((len(q), 1), dtype=np.float32)]), k)
+    # |q - x'|² = |q|² + M² - 2 q·x  ⇒  q·x = (|q|² + M² - d) / 2, already best first.
+    q2 = np.einsum("bd,bd->b", q, q)[:, None]
+    scores = ((q2 + _mips_norm2(index) - dist) / 2).astype(np.float32)
     scores[rows < 0] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    return scores, rows
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -116,18 +116,11 @@ class Retriever:
             with self._search_lock:  # one search at a time per index: Faiss threads are already busy
                 scores, rows = idx.search(self.index, q, fetch)
             for j, i in enumerate(known):
-                keep_items, keep_scores = [], []
-                for s, r in zip(scores[j], rows[j], strict=True):
-                    if r < 0:
-                        break
-                    raw = int(self.item_ids[r])
-                    if raw in seen[j]:
-                        continue
-                    keep_items.append(str(raw))
-                    keep_scores.append(float(s))
-                    if len(keep_items) == ks[i]:
-                        break
-                results[i] = Result(keep_items, keep_scores)
+                valid = rows[j] >= 0
+                raw = self.item_ids[rows[j][valid]]
+                keep = ~np.isin(raw, list(seen[j])) if seen[j] else np.ones(len(raw), dtype=bool)
+                top_raw, top_scores = raw[keep][: ks[i]], scores[j][valid][keep][: ks[i]]
+                results[i] = Result([str(x) for x in top_raw.tolist()], top_scores.tolist())
         return [r for r in results if r is not None]
 
     def describe(self) -> dict[str, Any]:
