@@ -62,6 +62,10 @@ class RecallRequest(BaseModel):
     exclude_seen: bool = True
 
 
+MAX_BATCH = 1000  # users per /recall_batch call (and per merged batch)
+Batch = Annotated[list[RecallRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
@@ -344,9 +348,11 @@ class RecallService:
         # paying a thread hand-off per request; requests are serialised by the GIL either way.
         return self._serve([RecallRequest(user_id=user_id, k=k, context=context, exclude_seen=exclude_seen)])[0]
 
-    @bentoml.api(route="/recall_batch", batchable=True, max_batch_size=128, max_latency_ms=20)
-    def recall_batch(self, requests: list[RecallRequest]) -> list[dict[str, Any]]:
-        """Many users in one call: ``{"requests": [{"user_id": "1", "k": 10}, ...]}``."""
+    @bentoml.api(route="/recall_batch", batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=20)
+    def recall_batch(self, requests: Batch) -> list[dict[str, Any]]:
+        """Many users in one call, ``{"requests": [{"user_id": "1", "k": 10}, ...]}`` (at most 1000);
+        concurrent calls are merged by BentoML's adaptive batching into one feature read, one tower
+        run and one index search per model version."""
         return self._serve(requests)
 
 

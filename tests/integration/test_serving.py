@@ -313,3 +313,32 @@ def test_hot_reload_under_load_drops_nothing(server, world):
     assert len(seen_models) > 50
     status = requests.get(f"{server}/status", timeout=5).json()
     assert json.dumps(status["routing"])  # the service reports what it serves
+
+
+def test_the_served_split_of_10000_users_matches_the_weights_and_is_sticky(server):
+    """Over HTTP, through /recall_batch: 10,000 synthetic users across the 80/10/10 experiment."""
+    users = [str(100_000 + u) for u in range(10_000)]  # unknown to the store: cheap fallback responses
+
+    def variants(ids):
+        out = []
+        for lo in range(0, len(ids), 1000):
+            body = {"requests": [{"user_id": u, "k": 1} for u in ids[lo : lo + 1000]]}
+            r = requests.post(f"{server}/recall_batch", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            out += [x["variant"] for x in r.json()]
+        return out
+
+    got = variants(users)
+    for name, weight in (("control", 0.8), ("treatment", 0.1), ("broken", 0.1)):
+        assert abs(got.count(name) / len(users) - weight) <= 0.015, name
+    routing = rt.parse(AB)
+    assert got == [rt.assign(routing, u).variant for u in users]  # the service uses the pure function
+    assert variants(users[:2000]) == got[:2000]  # and the same user always lands in the same variant
+
+
+def test_batch_size_limits_are_4xx(server):
+    too_many = {"requests": [{"user_id": str(u)} for u in range(1001)]}
+    r = requests.post(f"{server}/recall_batch", json=too_many, timeout=30)
+    assert r.status_code == 400 and "at most 1000" in r.text, r.text
+    r = requests.post(f"{server}/recall_batch", json={"requests": []}, timeout=30)
+    assert r.status_code == 400 and "at least 1" in r.text, r.text
