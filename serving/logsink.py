@@ -46,16 +46,7 @@ class ResponseLog:
 
 
 def read(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of the log at ``path`` — including the per-worker files ``<stem>.<pid><suffix>`` the
-    service writes and their rotated copies — ordered by ``time`` (file order within equal times)."""
-    p = Path(path)
-    files = sorted(f for f in p.parent.glob(f"{p.stem}*{p.suffix}*") if f.is_file())
+    """Every record of the log (all workers, rotated files included), ordered by time."""
+    from components.ab import read_response_log
 
-    def rotation(f: Path) -> int:  # x.jsonl.3 is older than x.jsonl.1, which is older than x.jsonl
-        tail = f.name.rsplit(".", 1)[-1]
-        return -int(tail) if tail.isdigit() else 0
-
-    out: list[dict[str, Any]] = []
-    for f in sorted(files, key=lambda f: (f.name.split(p.suffix)[0], rotation(f))):
-        out += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return sorted(out, key=lambda r: r.get("time", 0))
+    return read_response_log(path)

@@ -290,20 +290,16 @@ def test_hot_reload_under_load_drops_nothing(server, world):
         t.start()
     try:
         time.sleep(1.0)
-        _routing(world["routing"], {"default": "recall-sasrec:v2", "experiments": []})  # change 1
-        deadline = time.time() + 30
-        while time.time() < deadline and (not seen_models or seen_models[-1] != "recall-sasrec:v2"):
-            time.sleep(0.1)
-        n1 = len(seen_models)
-        time.sleep(1.0)
-        assert set(seen_models[n1:]) == {"recall-sasrec:v2"}  # everyone moved to the new default
-        _routing(world["routing"], {"default": "recall-mind:v1", "experiments": []})  # change 2
-        deadline = time.time() + 30
-        while time.time() < deadline and (not seen_models or seen_models[-1] != "recall-mind:v1"):
-            time.sleep(0.1)
-        n2 = len(seen_models)
-        time.sleep(1.0)
-        assert set(seen_models[n2:]) == {"recall-mind:v1"}
+        for target in ("recall-sasrec:v2", "recall-mind:v1"):  # two routing changes
+            _routing(world["routing"], {"default": target, "experiments": []})
+            # Every worker process picks the change up (each watches the file); once 40 responses in a
+            # row come from the new version, no later response may come from an old one.
+            deadline = time.time() + 30
+            while time.time() < deadline and not (len(seen_models) > 40 and set(seen_models[-40:]) == {target}):
+                time.sleep(0.05)
+            start = len(seen_models) - 40
+            time.sleep(1.0)
+            assert set(seen_models[start:]) == {target}, (target, seen_models[start:][:20])
     finally:
         stop.set()
         for t in threads:
