@@ -98,8 +98,10 @@ def attribute(responses: pd.DataFrame, feedback: pd.DataFrame, window_s: float =
     served["rank"] = served.groupby("response_id").cumcount()
     served = served.rename(columns={"items": "item_id", "time": "served_time"})
     served["item_id"] = served.item_id.astype(str)
+    served["served_time"] = served.served_time.astype("float64")
     served = served.sort_values("served_time", kind="stable")
-    events = feedback.sort_values("time", kind="stable").reset_index(drop=True)
+    events = feedback.assign(time=feedback.time.astype("float64")).sort_values("time", kind="stable")
+    events = events.reset_index(drop=True)
     joined = pd.merge_asof(
         events,
         served,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,24 @@ features_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
+ab_app = typer.Typer(help="A/B experiments: start one, report on it.", no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
+
+RoutingOpt = typer.Option(
+    Path(os.environ.get("RECALL_ROUTING", "serving/routing.yaml")), "--routing", help="Routing file."
+)
+AuditOpt = typer.Option(
+    Path(os.environ.get("RECALL_AUDIT_LOG", "runs/serving/audit.jsonl")), "--audit-log", help="Audit log."
+)
+LogOpt = typer.Option(
+    Path(os.environ.get("RECALL_RESPONSE_LOG", "runs/serving/responses.jsonl")),
+    "--log",
+    help="The service's response log.",
+)
+FeedbackOpt = typer.Option(
+    Path(os.environ.get("RECALL_FEEDBACK", "runs/feedback")), "--feedback", help="Feedback file or dir."
+)
+ReportsOpt = typer.Option(Path("runs/ab"), "--out", help="Where reports go.")
 console = Console(width=max(130, shutil.get_terminal_size().columns))
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config (see configs/).")
@@ -269,6 +288,122 @@ def features_online(
     cfg = _config(config, overrides)
     fs = store(StoreConfig(cfg.features.dir, cfg.features.online, cfg.features.redis))
     console.print_json(json.dumps(online_features(fs, users, service_for(cfg.model)), default=str))
+
+
+def _ab_report(experiment: str, log: Path, feedback: Path, out: Path, k: int, window_h: float, fixed: bool):
+    from .ab import ReportConfig, run_report
+
+    cfg = ReportConfig(experiment, k=k, window_s=window_h * 3600, sequential=not fixed)
+    return run_report(log, feedback, cfg, out)
+
+
+@ab_app.command("report")
+def ab_report(
+    experiment: str = typer.Option(..., "--experiment", "-e"),
+    log: Path = LogOpt,
+    feedback: Path = FeedbackOpt,
+    out: Path = ReportsOpt,
+    k: int = typer.Option(10, help="CTR@K cut-off."),
+    window_h: float = typer.Option(24.0, help="Attribution window in hours."),
+    fixed: bool = typer.Option(False, "--fixed-horizon", help="Decide on the z-test instead of the always-valid test."),
+) -> None:
+    """Per-variant hit rate, CTR@K, differences vs control with CIs and tests, guardrails → JSON + HTML."""
+    from .ab import decision
+
+    try:
+        rep = _ab_report(experiment, log, feedback, out, k, window_h, fixed)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    t = Table(title=f"experiment {experiment}: {rep['attributed_events']:,} attributed feedback events")
+    for col in ("variant", "users", "requests", "hit rate", f"CTR@{k}", "p99 ms", "fallback"):
+        t.add_column(col, justify="right")
+    for v, r in rep["variants"].items():
+        lo, hi = r["hit_rate_ci"]
+        t.add_row(v, f"{r['users']:,}", f"{r['requests']:,}", f"{r['hit_rate']:.4f} [{lo:.4f}, {hi:.4f}]",
+                  f"{r[f'ctr@{k}']:.4f}", f"{r['latency_p99_ms']:.1f}", f"{r['fallback_rate']:.3f}")  # fmt: skip
+    console.print(t)
+    for v, c in rep["comparisons"].items():
+        h = c["hit_rate"]
+        ok, why = decision(rep, v)
+        console.print(
+            f"{v} vs control: {h['diff']:+.4f} [{h['ci_low']:+.4f}, {h['ci_high']:+.4f}], z-test p {h['p_value']:.3g}, "
+            f"always-valid p {h['always_valid_p']:.3g} → "
+            + ("[green]promote[/green]" if ok else "[yellow]hold[/yellow]")
+            + f": {why}"
+        )
+    console.print(f"report: {rep['html']} and {rep['json']}")
+
+
+@ab_app.command("start")
+def ab_start(
+    challenger: str = typer.Option(..., help="Registered version to test, e.g. recall-sasrec:v4."),
+    weight: float = typer.Option(10, help="Percent of users for the challenger."),
+    name: str = typer.Option(None, help="Experiment name (default: from the challenger)."),
+    reason: str = typer.Option("", help="Why (goes into the audit log)."),
+    routing: Path = RoutingOpt,
+    audit_log: Path = AuditOpt,
+    registry: Path = RegistryOpt,
+) -> None:
+    """Start an experiment: the current default (control) against a challenger."""
+    from .promote import PromotionRefused, start
+
+    try:
+        new = start(routing, challenger, weight, audit_log, _registry(registry), name, reason)
+    except PromotionRefused as e:
+        console.print(f"[red]refused:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"started {new.experiments[-1].name}: {new.default} vs {challenger} at {weight}% → {routing}")
+
+
+@app.command()
+def promote(
+    experiment: str = typer.Option(..., "--experiment", "-e"),
+    variant: str = typer.Option("treatment", "--variant"),
+    force: bool = typer.Option(False, "--force", help="Promote without a significant win (needs --reason)."),
+    reason: str = typer.Option("", help="Why (goes into the audit log)."),
+    log: Path = LogOpt,
+    feedback: Path = FeedbackOpt,
+    out: Path = ReportsOpt,
+    routing: Path = RoutingOpt,
+    audit_log: Path = AuditOpt,
+) -> None:
+    """Make a variant's model the default and end the experiment, if its report shows a significant win
+    with no guardrail breach (or --force with a reason)."""
+    from .promote import PromotionRefused
+    from .promote import promote as do_promote
+
+    rep = None
+    try:
+        rep = _ab_report(experiment, log, feedback, out, 10, 24.0, False)
+    except (ValueError, FileNotFoundError) as e:
+        if not force:
+            console.print(f"[red]refused:[/red] no report: {e}")
+            raise typer.Exit(1) from None
+    try:
+        new = do_promote(routing, experiment, variant, rep, audit_log, force, reason)
+    except PromotionRefused as e:
+        console.print(f"[red]refused:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"promoted: default is now {new.default}; experiment {experiment} ended → {routing}")
+
+
+@app.command()
+def rollback(
+    reason: str = typer.Option("", help="Why (goes into the audit log)."),
+    routing: Path = RoutingOpt,
+    audit_log: Path = AuditOpt,
+) -> None:
+    """Restore the default that the last promotion replaced."""
+    from .promote import PromotionRefused
+    from .promote import rollback as do_rollback
+
+    try:
+        new = do_rollback(routing, audit_log, reason)
+    except PromotionRefused as e:
+        console.print(f"[red]refused:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"rolled back: default is now {new.default} → {routing}")
 
 
 @app.command()

@@ -29,9 +29,9 @@ from typing import Annotated, Any
 import bentoml
 from pydantic import BaseModel, Field, StringConstraints
 
+from components import routing as rt
 from components.registry import ModelVersion, Registry, VersionError, load_from_bentoml
 
-from . import routing as rt
 from .logsink import ResponseLog
 from .state import ServingState, build_state
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components import routing as rt
 from components.registry import ModelVersion, VersionError
 
-from . import routing as rt
 from .retriever import Retriever
 
 logger = logging.getLogger("recall.serving")

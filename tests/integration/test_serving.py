@@ -18,12 +18,12 @@ import torch
 import yaml
 
 from components import index as idx
+from components import routing as rt
 from components.config import load_config
 from components.features import run_pipeline
 from components.register import onnx_user_vectors, register_run
 from components.registry import Registry
 from components.train import prepare, run
-from serving import routing as rt
 from serving.logsink import read
 
 pytestmark = pytest.mark.integration
@@ -338,3 +338,52 @@ def test_batch_size_limits_are_4xx(server):
     assert r.status_code == 400 and "at most 1000" in r.text, r.text
     r = requests.post(f"{server}/recall_batch", json={"requests": []}, timeout=30)
     assert r.status_code == 400 and "at least 1" in r.text, r.text
+
+
+def _eventually(fn, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if fn():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_start_promote_rollback_against_the_running_service(server, world, tmp_path):
+    from typer.testing import CliRunner
+
+    from components.cli import app
+    from components.promote import read_audit
+
+    routing, audit = world["routing"], tmp_path / "audit.jsonl"
+    common = ["--routing", str(routing), "--audit-log", str(audit)]
+    runner = CliRunner()
+    _routing(routing, {"default": "recall-sasrec:v1", "experiments": []})
+    users = [str(u) for u in range(1, 41)]
+    try:
+        assert _eventually(lambda: all(_recall(server, u, k=3)["variant"] == "default" for u in users[:5]))
+        reg = ["--registry", str(world["registry"].root)]
+        res = runner.invoke(app, ["ab", "start", "--challenger", "recall-mind:v1", "--weight", "50", *common, *reg])
+        assert res.exit_code == 0, res.output
+        plan = {u: rt.assign(rt.load(routing), u) for u in users}
+        assert {a.variant for a in plan.values()} == {"control", "treatment"}
+
+        def follows_plan():
+            got = {u: _recall(server, u, k=3) for u in users}
+            return all((g["variant"], g["model"]) == (plan[u].variant, plan[u].model) for u, g in got.items())
+
+        assert _eventually(follows_plan)  # the service picked up the experiment by itself
+
+        no_feedback = ["--feedback", str(tmp_path / "none"), "--log", str(tmp_path / "none.jsonl")]
+        res = runner.invoke(app, ["promote", "-e", "mind-v1", *common, *no_feedback])
+        assert res.exit_code == 1 and "refused" in res.output  # no report, no promotion
+        res = runner.invoke(app, ["promote", "-e", "mind-v1", "--force", "--reason", "test", *common, *no_feedback])
+        assert res.exit_code == 0, res.output
+        assert _eventually(lambda: all(_recall(server, u, k=3)["model"] == "recall-mind:v1" for u in users))
+
+        res = runner.invoke(app, ["rollback", "--reason", "test", *common])
+        assert res.exit_code == 0, res.output
+        assert _eventually(lambda: all(_recall(server, u, k=3)["model"] == "recall-sasrec:v1" for u in users))
+        assert [e["action"] for e in read_audit(audit)] == ["start", "promote", "rollback"]
+    finally:
+        _routing(routing, AB)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from serving import routing as rt
+from components import routing as rt
 from serving.logsink import ResponseLog, read
 from serving.state import ResultCache
 

@@ -1,4 +1,5 @@
-"""The routing config (``serving/routing.yaml``) and sticky A/B assignment, as pure functions.
+"""The routing config (``serving/routing.yaml``) and sticky A/B assignment, as pure functions: the
+service routes with them, and the operator commands (components/promote.py) rewrite the file.
 
 ```yaml
 default: recall-sasrec:v3

@@ -1,0 +1,174 @@
+"""Operator actions on the routing file: start an experiment, promote a variant, roll back.
+
+Every change rewrites the routing file atomically (temporary file in the same directory, fsync,
+rename), so a crash leaves the old file or the new one, never a partial one, and appends one JSON line
+to the audit log: who, when, what, why, the routing before and after, and the report relied on. The
+running service watches the file and follows by itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import routing as rt
+from .ab import decision
+from .registry import Registry, VersionError
+
+
+class PromotionRefused(RuntimeError):
+    """The requested change is not allowed; the message says why."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def audit(log: str | Path, entry: dict[str, Any]) -> None:
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    record = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "actor": _actor(), **entry}
+    with open(log, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_audit(log: str | Path) -> list[dict[str, Any]]:
+    p = Path(log)
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+
+
+def _actor() -> str:
+    return os.environ.get("RECALL_ACTOR") or getpass.getuser()
+
+
+def _write(routing_path: Path, new: rt.Routing) -> None:
+    text = yaml.safe_dump(rt.to_dict(new), sort_keys=False)
+    rt.parse(yaml.safe_load(text))  # never write what the service could not read
+    atomic_write_text(routing_path, text)
+
+
+def start(
+    routing_path: str | Path,
+    challenger: str,
+    weight: float,
+    audit_log: str | Path,
+    registry: Registry | None = None,
+    name: str | None = None,
+    reason: str = "",
+) -> rt.Routing:
+    """Adds an experiment: the current default as ``control`` (100 − weight) vs ``challenger`` as
+    ``treatment`` (weight). The challenger must be a sound registered version."""
+    path = Path(routing_path)
+    current = rt.load(path)
+    if not 0 < weight < 100:
+        raise PromotionRefused(f"weight must be between 0 and 100 (exclusive), got {weight}")
+    if challenger == current.default:
+        raise PromotionRefused(f"{challenger} is already the default")
+    if registry is not None:
+        try:
+            registry.get(challenger)
+        except VersionError as e:
+            raise PromotionRefused(f"challenger {challenger} cannot be served: {e}") from None
+    name = name or challenger.removeprefix("recall-").replace(":", "-")  # recall-mind:v1 → mind-v1
+    if any(e.name == name for e in current.experiments):
+        raise PromotionRefused(f"an experiment named {name!r} is already running")
+    exp = rt.Experiment(
+        name,
+        secrets.token_hex(4),
+        (rt.Variant("control", current.default, 100 - weight), rt.Variant("treatment", challenger, weight)),
+    )
+    new = rt.Routing(current.default, (*current.experiments, exp))
+    _write(path, new)
+    audit(audit_log, {"action": "start", "experiment": name, "challenger": challenger, "weight": weight,
+                      "reason": reason, "before": rt.to_dict(current), "after": rt.to_dict(new)})  # fmt: skip
+    return new
+
+
+def promote(
+    routing_path: str | Path,
+    experiment: str,
+    variant: str,
+    report: dict[str, Any] | None,
+    audit_log: str | Path,
+    force: bool = False,
+    reason: str = "",
+) -> rt.Routing:
+    """Makes ``variant``'s model the default and ends ``experiment``. Refused unless ``report`` shows a
+    significant win with no guardrail breach, or ``force`` with a ``reason``."""
+    path = Path(routing_path)
+    current = rt.load(path)
+    exp = next((e for e in current.experiments if e.name == experiment), None)
+    if exp is None:
+        raise PromotionRefused(
+            f"no running experiment {experiment!r}; running: {[e.name for e in current.experiments]}"
+        )
+    chosen = next((v for v in exp.variants if v.name == variant), None)
+    if chosen is None:
+        raise PromotionRefused(f"experiment {experiment!r} has no variant {variant!r}")
+    if force:
+        if not reason.strip():
+            raise PromotionRefused("--force needs a reason (it goes into the audit log)")
+        verdict = "forced"
+    else:
+        if report is None:
+            raise PromotionRefused("no report to rely on; run `recall ab report` (or --force with a reason)")
+        if report.get("experiment") != experiment:
+            raise PromotionRefused(f"the report is for {report.get('experiment')!r}, not {experiment!r}")
+        ok, why = decision(report, variant)
+        if not ok:
+            raise PromotionRefused(f"refusing to promote {variant} of {experiment}: {why}")
+        verdict = why
+    new = rt.Routing(chosen.model, tuple(e for e in current.experiments if e.name != experiment))
+    _write(path, new)
+    summary = None
+    if report is not None:
+        summary = {"json": report.get("json"), "comparison": report.get("comparisons", {}).get(variant)}
+    audit(audit_log, {"action": "promote", "experiment": experiment, "variant": variant, "model": chosen.model,
+                      "previous_default": current.default, "forced": force, "reason": reason, "verdict": verdict,
+                      "report": summary, "before": rt.to_dict(current), "after": rt.to_dict(new)})  # fmt: skip
+    return new
+
+
+def rollback(routing_path: str | Path, audit_log: str | Path, reason: str = "") -> rt.Routing:
+    """Restores the default that the most recent promotion (not yet rolled back) replaced."""
+    path = Path(routing_path)
+    current = rt.load(path)
+    entries = read_audit(audit_log)
+    undone = 0
+    target = None
+    for e in reversed(entries):
+        if e.get("action") == "rollback":
+            undone += 1
+        elif e.get("action") == "promote":
+            if undone:
+                undone -= 1
+                continue
+            target = e
+            break
+    if target is None:
+        raise PromotionRefused("nothing to roll back: no promotion in the audit log")
+    new = rt.Routing(target["previous_default"], current.experiments)
+    _write(path, new)
+    audit(audit_log, {"action": "rollback", "undoes": target["time"], "restored_default": target["previous_default"],
+                      "reason": reason, "before": rt.to_dict(current), "after": rt.to_dict(new)})  # fmt: skip
+    return new
