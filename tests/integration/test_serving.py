@@ -129,6 +129,17 @@ def server(world):
     log.close()
 
 
+def _restore(url, world):
+    """Puts the AB routing back and waits until every worker serves it (each reloads on its own)."""
+    _routing(world["routing"], AB)
+    deadline = time.time() + 30
+    streak = 0
+    while time.time() < deadline and streak < 40:
+        r = requests.post(f"{url}/recall", json={"user_id": "1", "k": 1}, timeout=10)  # new connection each time
+        streak = streak + 1 if r.status_code == 200 and r.json()["experiment"] == "ab" else 0
+    assert streak >= 40, "the service did not return to the AB routing"
+
+
 def _recall(url, user, **kw):
     r = requests.post(f"{url}/recall", json={"user_id": str(user), **kw}, timeout=10)
     assert r.status_code == 200, r.text
@@ -265,6 +276,7 @@ def test_admin_reload_needs_the_token_and_rejects_a_bad_file(server, world):
     finally:
         _routing(world["routing"], yaml.safe_load(original))
         requests.post(f"{server}/admin/reload", headers=ok, timeout=30)
+        _restore(server, world)
 
 
 def test_hot_reload_under_load_drops_nothing(server, world):
@@ -304,7 +316,7 @@ def test_hot_reload_under_load_drops_nothing(server, world):
         stop.set()
         for t in threads:
             t.join(30)
-        _routing(world["routing"], AB)
+        _restore(server, world)
     assert failures == [], failures[:5]
     assert len(seen_models) > 50
     status = requests.get(f"{server}/status", timeout=5).json()
@@ -386,4 +398,4 @@ def test_start_promote_rollback_against_the_running_service(server, world, tmp_p
         assert _eventually(lambda: all(_recall(server, u, k=3)["model"] == "recall-sasrec:v1" for u in users))
         assert [e["action"] for e in read_audit(audit)] == ["start", "promote", "rollback"]
     finally:
-        _routing(routing, AB)
+        _restore(server, world)
