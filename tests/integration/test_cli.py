@@ -69,3 +69,4 @@ def test_demo_runs_the_main_job(tmp_path):
     assert "top-10 for user" in res.output and (tmp_path / "features" / "interactions.parquet").exists()
     assert (tmp_path / "features" / "validation.json").exists() and (tmp_path / "features" / "online_store.db").exists()
     assert "recall-sasrec:v1" in res.output and (tmp_path / "registry" / "sasrec" / "v1" / "model.json").exists()
+    assert "POST /recall" in res.output and '"model": "recall-sasrec:v1"' in res.output  # the real service answered
