@@ -271,6 +271,7 @@ class RecallService:
         if not state.ready:
             raise bentoml.exceptions.ServiceUnavailable(f"default version not loaded: {state.failures}")
         out: list[dict[str, Any] | None] = [None] * len(reqs)
+        errors: dict[int, str] = {}
         groups: dict[str, list[int]] = {}
         plans = []
         for i, r in enumerate(reqs):
@@ -295,10 +296,19 @@ class RecallService:
                     out[i] = self._response(plans[i], retriever.popularity(reqs[i].k), unknown=True)
             if not numeric:
                 continue
-            feats = self.ctl.online(users, retriever.feature_refs())
-            results = retriever.recall(
-                users, feats, [reqs[i].k for i in numeric], [reqs[i].exclude_seen for i in numeric], now
-            )
+            try:
+                feats = self.ctl.online(users, retriever.feature_refs())
+                results = retriever.recall(
+                    users, feats, [reqs[i].k for i in numeric], [reqs[i].exclude_seen for i in numeric], now
+                )
+            except Exception as e:  # noqa: BLE001 - a failing dependency must not fail the request
+                # Serve the popularity list, flagged, and log the error: the A/B report's error-rate
+                # guardrail counts these records.
+                logger.exception("recall failed for %d user(s) on %s; serving popularity", len(numeric), tag)
+                for i in numeric:
+                    out[i] = self._response(plans[i], retriever.popularity(reqs[i].k)) | {"fallback": "error"}
+                    errors[i] = f"{type(e).__name__}: {e}"[:300]
+                continue
             for i, res in zip(numeric, results, strict=True):
                 out[i] = self._response(plans[i], res)
                 state.cache.put(plans[i][3], out[i])
@@ -324,6 +334,7 @@ class RecallService:
                     "k": r.k,
                     "items": [x["item_id"] for x in resp["items"]],
                     "latency_ms": round(elapsed * 1000, 3),
+                    **({"error": errors[i]} if i in errors else {}),
                 }
             )
         return out  # type: ignore[return-value]

@@ -399,3 +399,25 @@ def test_start_promote_rollback_against_the_running_service(server, world, tmp_p
         assert [e["action"] for e in read_audit(audit)] == ["start", "promote", "rollback"]
     finally:
         _restore(server, world)
+
+
+def test_a_failing_feature_store_serves_flagged_popularity_and_logs_the_error(world, monkeypatch, tmp_path):
+    """In process: the service class with the same world, its Feast read broken."""
+    from components.ab import read_response_log
+    from serving.service import RecallRequest, RecallService
+
+    monkeypatch.setenv("RECALL_ROUTING", str(world["routing"]))
+    monkeypatch.setenv("RECALL_REGISTRY", str(world["registry"].root))
+    monkeypatch.setenv("RECALL_FEATURE_DIR", str(world["features"]))
+    monkeypatch.setenv("RECALL_RESPONSE_LOG", str(tmp_path / "responses.jsonl"))
+    monkeypatch.setenv("RECALL_WATCH_INTERVAL_S", "0")
+    svc = RecallService.inner()
+
+    def down(*_a, **_k):
+        raise ConnectionError("online store unreachable")
+
+    svc.ctl.online = down
+    (resp,) = svc._serve([RecallRequest(user_id="3", k=5)])
+    assert resp["fallback"] == "error" and len(resp["items"]) == 5
+    (record,) = read_response_log(tmp_path / "responses.jsonl")
+    assert record["error"] == "ConnectionError: online store unreachable" and record["user_id"] == "3"
