@@ -21,8 +21,6 @@ import json
 import os
 import platform
 import random
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from serving.process import running_service  # noqa: E402
 
 
 def setup(work: Path, n_items: int) -> dict:
@@ -76,31 +76,14 @@ def setup(work: Path, n_items: int) -> dict:
     return info
 
 
-def start_server(work: Path, port: int) -> subprocess.Popen:
-    env = {
-        **os.environ,
+def server_env(work: Path) -> dict[str, str]:
+    return {
         "RECALL_ROUTING": str(work / "routing.yaml"),
         "RECALL_REGISTRY": str(work / "registry"),
         "RECALL_FEATURE_DIR": str(work / "features"),
         "RECALL_RESPONSE_LOG": str(work / "responses.jsonl"),
         "RECALL_WATCH_INTERVAL_S": "0",
     }
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    log = open(work / "serve.log", "w")
-    cmd = [bentoml, "serve", "serving.service:RecallService", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not become ready; see " + str(work / "serve.log"))
 
 
 class Connection:
@@ -193,13 +176,8 @@ def main() -> None:
     info = setup(work, args.items)
     ix = info["index"]
     print(f"model {info['tag']}: {ix['kind']} over {ix['n_items']:,} items, {len(info['users']):,} users")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = start_server(work, port)
-    url = f"http://127.0.0.1:{port}"
     rows = []
-    try:
+    with running_service(server_env(work), work / "serve.log") as url:
         asyncio.run(closed_loop(url, info["users"], 4, 3, args.k))  # warm-up
         for c in args.levels:
             row = asyncio.run(closed_loop(url, info["users"], c, args.seconds, args.k))
@@ -212,12 +190,6 @@ def main() -> None:
             )
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
         hit_rates = [float(x.rsplit(" ", 1)[1]) for x in metrics.splitlines() if x.startswith("recall_cache_hit_rate{")]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     lines = [
         "| concurrency | requests/s | p50 (ms) | p95 (ms) | p99 (ms) | errors |",
         "|---:|---:|---:|---:|---:|---:|",

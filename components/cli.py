@@ -458,54 +458,30 @@ def recommend(
 
 def _serve_once(cfg, mv, user: int) -> None:
     """Starts the real BentoML service on the demo's version, asks it for one user, and stops it."""
-    import socket
-    import subprocess
-    import sys
     import urllib.request
+
+    from serving.process import running_service
 
     out = Path(cfg.out_dir).resolve()  # the server runs from the repository root
     routing = out / "routing.yaml"
     routing.write_text(f"default: {mv.tag}\nexperiments: []\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {
-        **os.environ,
         "RECALL_ROUTING": str(routing),
         "RECALL_REGISTRY": str(out / "registry"),
         "RECALL_FEATURE_DIR": str(Path(cfg.features.dir).resolve()),
         "RECALL_RESPONSE_LOG": str(out / "serving" / "responses.jsonl"),
         "RECALL_WORKERS": "1",
     }
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    log = open(out / "serve.log", "w")
-    cmd = [bentoml, "serve", "serving.service:RecallService", "--host", "127.0.0.1", "--port", str(port)]
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        body = json.dumps({"user_id": str(user), "k": 5}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/recall", body, {"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            console.print(f"   POST /recall {body.decode()} →")
-            console.print_json(r.read().decode())
-    except OSError as e:
-        console.print(f"[red]the service did not answer ({e}); see {out / 'serve.log'}[/red]")
+        with running_service(env, out / "serve.log", timeout_s=120) as url:
+            body = json.dumps({"user_id": str(user), "k": 5}).encode()
+            req = urllib.request.Request(f"{url}/recall", body, {"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                console.print(f"   POST /recall {body.decode()} →")
+                console.print_json(r.read().decode())
+    except (OSError, RuntimeError) as e:
+        console.print(f"[red]the service did not answer: {e}[/red]")
         raise typer.Exit(1) from None
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @app.command()

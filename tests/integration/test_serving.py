@@ -2,11 +2,7 @@
 a refused corrupted version, hot reload under load with zero failed requests."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +21,7 @@ from components.register import onnx_user_vectors, register_run
 from components.registry import Registry
 from components.train import prepare, run
 from serving.logsink import read
+from serving.process import running_service
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,17 +80,9 @@ def world(tmp_path_factory):
     return {"dir": d, "registry": reg, "routing": routing, "enc": enc, "features": d / "features"}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(world):
-    port = _free_port()
     env = {
-        **os.environ,
         "RECALL_ROUTING": str(world["routing"]),
         "RECALL_REGISTRY": str(world["registry"].root),
         "RECALL_FEATURE_DIR": str(world["features"]),
@@ -102,31 +91,11 @@ def server(world):
         "RECALL_WATCH_INTERVAL_S": "0.5",
         "RECALL_WORKERS": "2",  # two processes: reloads must reach both
     }
-    log = open(world["dir"] / "serve.log", "w")
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    cmd = [bentoml, "serve", "serving.service:RecallService", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail("bentoml serve exited:\n" + (world["dir"] / "serve.log").read_text()[-3000:])
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the service did not become ready:\n" + (world["dir"] / "serve.log").read_text()[-3000:])
-    yield url
-    proc.terminate()
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        with running_service(env, world["dir"] / "serve.log") as url:
+            yield url
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 def _restore(url, world):

@@ -1,0 +1,58 @@
+"""Run the recall service as a real `bentoml serve` process (the demo, the tests, the load benchmark)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def running_service(env: dict[str, str], log_path: str | Path, timeout_s: float = 180) -> Iterator[str]:
+    """Starts ``bentoml serve serving.service:RecallService`` on a free loopback port with ``env`` added to
+    the environment, waits for ``/readyz``, yields the base URL, and stops the process on exit. Raises
+    ``RuntimeError`` with the end of the server log if it exits or never becomes ready."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    cmd = [bentoml, "serve", "serving.service:RecallService", "--host", "127.0.0.1", "--port", str(port)]
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout_s
+            while not _ready(url):
+                if proc.poll() is not None or time.time() > deadline:
+                    tail = log_path.read_text()[-3000:]
+                    raise RuntimeError(f"the recall service did not become ready; its log ends:\n{tail}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
