@@ -261,11 +261,21 @@ class RecallService:
         self.log = ResponseLog(base.with_name(f"{base.stem}.{os.getpid()}{base.suffix}"))
         if not self.ctl.state.ready:
             logger.error("not ready: %s", self.ctl.state.failures)
+        else:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One feature read and one retrieval before the first request: Feast's first online read sets
+        up its registry and connections (seconds), which a user's request should not pay."""
+        try:
+            self._serve([RecallRequest(user_id="0", k=1)], log=False)
+        except Exception as e:  # noqa: BLE001 - a failed warm-up is logged; requests will retry
+            logger.warning("warm-up failed: %s", e)
 
     def __is_ready__(self) -> bool:
         return self.ctl.state.ready
 
-    def _serve(self, reqs: list[RecallRequest]) -> list[dict[str, Any]]:
+    def _serve(self, reqs: list[RecallRequest], log: bool = True) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         state = self.ctl.state  # one state for the whole call, whatever reloads happen meanwhile
         if not state.ready:
@@ -313,6 +323,8 @@ class RecallService:
                 out[i] = self._response(plans[i], res)
                 state.cache.put(plans[i][3], out[i])
         elapsed = time.perf_counter() - t0
+        if not log:
+            return out  # type: ignore[return-value]
         CACHE.set(state.cache.hit_rate)
         for i, r in enumerate(reqs):
             resp = out[i]
