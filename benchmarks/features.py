@@ -9,9 +9,6 @@ Each dataset runs in a fresh directory. Target: ML-100K end to end under 60 s on
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -20,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_result  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.features import STEPS, run_pipeline  # noqa: E402
 
@@ -61,17 +59,7 @@ def main() -> None:
         cells = " | ".join(f"{r['seconds'].get(s, float('nan')):.1f}" for s in STEPS)
         sizes = f"{r['rows']['interactions']:,} | {r['rows']['user_behaviour']:,}"
         lines.append(f"| {name} | {sizes} | {cells} | {r['total_s']:.1f} |")
-    table = "\n".join(lines)
-    print("\n" + table)
-    result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "max_len": args.max_len,
-        "datasets": rows,
-        "markdown": table,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, "\n".join(lines), max_len=args.max_len, datasets=rows)
 
 
 if __name__ == "__main__":

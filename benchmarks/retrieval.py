@@ -15,9 +15,7 @@ row also shows its memory-bandwidth bound: one single-query scan must read NÂ·dÂ
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_result  # noqa: E402
 from components import export as ex  # noqa: E402
 from components import index as idx  # noqa: E402
 from components.datasets import encode, load_ml100k  # noqa: E402
@@ -204,18 +203,8 @@ def main() -> None:
         tower_rows = towers(args.threads)
     print(f"(b) Faiss on synthetic clustered items, d={args.dim}, {args.threads} threads")
     rows = [r for n in args.sizes for r in index_rows(n, args.dim, args.threads)]
-    table = markdown(tower_rows, rows)
-    print("\n" + table)
-    result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads},
-        "faiss": faiss.__version__,
-        "towers": tower_rows,
-        "indexes": rows,
-        "markdown": table,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    write_result(args.out, markdown(tower_rows, rows), threads=args.threads, faiss=faiss.__version__,
+                 towers=tower_rows, indexes=rows)  # fmt: skip
 
 
 if __name__ == "__main__":

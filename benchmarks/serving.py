@@ -19,7 +19,6 @@ import asyncio
 import collections
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -31,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import write_result  # noqa: E402
 from serving.process import running_service  # noqa: E402
 
 
@@ -197,23 +197,11 @@ def main() -> None:
     for r in rows:
         lat = f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f}"
         lines.append(f"| {r['concurrency']} | {r['rps']:.1f} | {lat} | {r['errors']} |")
-    table = "\n".join(lines)
     workers = os.environ.get("RECALL_WORKERS", "cpu_count")
-    print("\n" + table + f"\n\nworkers {workers}; cache hit rate per worker {hit_rates} (k={args.k}, uniform users)")
-    result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "model": info["tag"],
-        "index": info["index"],
-        "k": args.k,
-        "seconds_per_level": args.seconds,
-        "levels": rows,
-        "workers": workers,
-        "cache_hit_rate_per_worker": hit_rates,
-        "markdown": table,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    print(f"workers {workers}; cache hit rate per worker {hit_rates} (k={args.k}, uniform users)")
+    write_result(args.out, "\n".join(lines), model=info["tag"], index=info["index"], k=args.k,
+                 seconds_per_level=args.seconds, levels=rows, workers=workers,
+                 cache_hit_rate_per_worker=hit_rates)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -223,7 +223,9 @@ def export(
     ]
 
     record: dict[str, Any] = {"opset": OPSET, "parity": {}}
-    record["dynamic_sequence_length"] = _export_user_tower(model, data, users, max_len, out / "user_tower.onnx")
+    record["dynamic_sequence_length"] = _export_user_tower(
+        model, data, users, user_batches[-1], out / "user_tower.onnx"
+    )
     for which, batches in (("user", user_batches), ("item", item_batches)):
         path = out / f"{which}_tower.onnx"
         if which == "item":
@@ -246,14 +248,15 @@ def export(
     return record
 
 
-def _export_user_tower(model: RecallModel, data: SequenceData, users: torch.Tensor, max_len: int, path: Path) -> bool:
+def _export_user_tower(model: RecallModel, data: SequenceData, users: torch.Tensor, sample: Batch, path: Path) -> bool:
     """Exports the user tower with a dynamic sequence axis if the traced graph really supports it
     (probed at a shorter length against PyTorch); otherwise with the fixed length ``max_len``.
 
     Returns whether the sequence axis is dynamic. (PyTorch's attention traces its sequence length
-    as a constant, so SASRec's graph, for one, is fixed-length: serving pads to ``max_len`` anyway.)
+    as a constant, so SASRec's graph, for one, is fixed-length: serving pads to the spec's length anyway.)
     """
-    export_tower(model, "user", serving_batch(data, users, max_len), path, dynamic_seq=True)
+    max_len = sample["hist_item_ids"].size(1) if "hist_item_ids" in sample else 0
+    export_tower(model, "user", sample, path, dynamic_seq=True)
     if not any(n in SEQUENCE_INPUTS for n in model.user_inputs) or max_len < 2:
         return False
     probe = serving_batch(data, users[:16], max(1, max_len // 2))
@@ -262,5 +265,5 @@ def _export_user_tower(model: RecallModel, data: SequenceData, users: torch.Tens
             return True
     except Exception:  # noqa: BLE001 - onnxruntime rejects the shorter input: the axis is not dynamic
         pass
-    export_tower(model, "user", serving_batch(data, users, max_len), path, dynamic_seq=False)
+    export_tower(model, "user", sample, path, dynamic_seq=False)
     return False

@@ -105,15 +105,10 @@ def dimension(index: faiss.Index) -> int:
     return index.d - 1 if is_mips_reduced(index) else index.d
 
 
-_NORM2: dict[int, float] = {}  # id(index) → M², the common squared norm of a reduced index's vectors
-
-
 def _mips_norm2(index: faiss.Index) -> float:
-    key = id(index)
-    if key not in _NORM2:
-        v = index.reconstruct(0)
-        _NORM2[key] = float(np.dot(v, v))  # every padded vector has |x'|² = M²
-    return _NORM2[key]
+    """M²: every padded vector has |x'|² = M², so one stored vector tells it (one row, microseconds)."""
+    v = index.reconstruct(0)
+    return float(np.dot(v, v))
 
 
 def _search(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

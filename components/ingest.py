@@ -98,9 +98,9 @@ def user_behaviour(interactions: pd.DataFrame, max_len: int) -> pd.DataFrame:
     lengths = ends - starts
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32 if lengths.sum() < 2**31 else np.int64)
     gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-    list_type = pa.large_list if offsets.dtype == np.int64 else pa.list_
-    hist = (pa.LargeListArray if list_type is pa.large_list else pa.ListArray).from_arrays(offsets, items[gather])
-    hist_ts = (pa.LargeListArray if list_type is pa.large_list else pa.ListArray).from_arrays(offsets, secs[gather])
+    lists = pa.LargeListArray if offsets.dtype == np.int64 else pa.ListArray
+    hist = lists.from_arrays(offsets, items[gather])
+    hist_ts = lists.from_arrays(offsets, secs[gather])
     return pa.table(
         {
             "user_id": pa.array(users[ends - 1], pa.int64()),

@@ -20,26 +20,11 @@ import yaml
 
 from . import routing as rt
 from .ab import decision
-from .registry import Registry, VersionError
+from .registry import Registry, VersionError, atomic_write_text
 
 
 class PromotionRefused(RuntimeError):
     """The requested change is not allowed; the message says why."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def audit(log: str | Path, entry: dict[str, Any]) -> None:

@@ -277,7 +277,7 @@ class Registry:
                 "code_version": code_version(),
                 "checksums": {f: sha256(staging / f) for f in _files(staging)},
             }
-            _write_json_durably(staging / "model.json", meta)
+            atomic_write_text(staging / "model.json", json.dumps(meta, indent=2, default=str))
             problems = verify(staging)
             if problems:
                 raise VersionError(f"the new version of {model} failed verification: " + "; ".join(problems))
@@ -290,13 +290,17 @@ class Registry:
         return load(final)
 
 
-def _write_json_durably(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes ``text`` so that readers see the old file or the new one, never a partial one: a temporary
+    file in the same directory, fsync, rename, directory fsync."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    tmp.replace(path)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

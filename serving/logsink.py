@@ -1,4 +1,5 @@
-"""The served-response log: one JSON object per line, rotated by size, read by the A/B analysis."""
+"""The served-response log: one JSON object per line, rotated by size; ``components.ab.read_response_log``
+reads it back (all workers' files, rotated ones included)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,3 @@ class ResponseLog:
     def flush(self) -> None:
         with self._lock:
             self._file.flush()
-
-
-def read(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of the log (all workers, rotated files included), ordered by time."""
-    from components.ab import read_response_log
-
-    return read_response_log(path)

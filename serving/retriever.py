@@ -50,9 +50,9 @@ class Retriever:
         pop = np.load(pop_path) if pop_path.exists() else np.zeros(len(self.item_ids))
         self.popular_rows = np.argsort(-pop, kind="stable")
         self._search_lock = threading.Lock()
+        self.feature_refs = self._feature_refs()  # what to read from the feature store, per request
 
-    # --- what to ask the feature store for -----------------------------------------------------------
-    def feature_refs(self) -> list[str]:
+    def _feature_refs(self) -> list[str]:
         refs = ["user_behaviour:hist_item_ids"]
         for spec in self.spec["user_inputs"]:
             src = spec["source"].split(" ")[0]

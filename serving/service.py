@@ -30,7 +30,7 @@ import bentoml
 from pydantic import BaseModel, Field, StringConstraints
 
 from components import routing as rt
-from components.registry import ModelVersion, Registry, VersionError, load_from_bentoml
+from components.registry import ModelVersion, Registry, VersionError, load, load_from_bentoml
 
 from .logsink import ResponseLog
 from .state import ServingState, build_state
@@ -75,11 +75,10 @@ def resolver(registry_root: str):
 
     def resolve(tag: str) -> ModelVersion:
         try:
-            return reg.get(tag)
-        except VersionError as e:
-            if "is not in" not in str(e) and "no versions" not in str(e):
-                raise  # present in the registry but broken: do not look elsewhere
-        return load_from_bentoml(tag)
+            path = reg.path(tag)
+        except VersionError:  # not in this registry: the BentoML model store may have it
+            return load_from_bentoml(tag)
+        return load(path)  # present: verified here, and a broken one is refused, not looked up elsewhere
 
     return resolve
 
@@ -256,7 +255,7 @@ class RecallService:
         faiss.omp_set_num_threads(int(_env("RECALL_FAISS_THREADS", "1")))
         self.ctl = Controller()
         CONTROLLER = self.ctl
-        # One file per worker process (rotation is not safe across processes); logsink.read merges them.
+        # One file per worker process (rotation is not safe across processes); the A/B reader merges them.
         base = Path(_env("RECALL_RESPONSE_LOG", "runs/serving/responses.jsonl"))
         self.log = ResponseLog(base.with_name(f"{base.stem}.{os.getpid()}{base.suffix}"))
         if not self.ctl.state.ready:
@@ -307,7 +306,7 @@ class RecallService:
             if not numeric:
                 continue
             try:
-                feats = self.ctl.online(users, retriever.feature_refs())
+                feats = self.ctl.online(users, retriever.feature_refs)
                 results = retriever.recall(
                     users, feats, [reqs[i].k for i in numeric], [reqs[i].exclude_seen for i in numeric], now
                 )

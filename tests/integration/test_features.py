@@ -22,6 +22,7 @@ from components.features import (
     training_set,
 )
 from components.ingest import ingest, user_behaviour
+from serving.process import free_port
 
 pytestmark = pytest.mark.integration
 L = 10
@@ -167,18 +168,12 @@ def test_materialize_is_incremental(synthetic, tmp_path):
     assert after != before
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server is not installed: `apt-get install -y redis-server` (.ci/run does this)")
-    port = _free_port()
+    port = free_port()
     d = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(d)],

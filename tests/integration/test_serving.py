@@ -15,12 +15,12 @@ import yaml
 
 from components import index as idx
 from components import routing as rt
+from components.ab import read_response_log as read
 from components.config import load_config
 from components.features import run_pipeline
 from components.register import onnx_user_vectors, register_run
 from components.registry import Registry
 from components.train import prepare, run
-from serving.logsink import read
 from serving.process import running_service
 
 pytestmark = pytest.mark.integration

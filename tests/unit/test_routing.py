@@ -5,7 +5,8 @@ import time
 import pytest
 
 from components import routing as rt
-from serving.logsink import ResponseLog, read
+from components.ab import read_response_log as read
+from serving.logsink import ResponseLog
 from serving.state import ResultCache
 
 AB = {
