@@ -39,6 +39,10 @@ class Sampler:
             neg[bad] = self._draw(int(bad.sum()))
         raise RuntimeError("could not draw negatives different from the positives; is the catalogue one item?")
 
+    def draw_shared(self, n: int) -> torch.Tensor:
+        """n negatives shared by the whole batch; the caller handles collisions with the positives."""
+        return self._draw(n)
+
     def sample_shared(self, targets: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n negatives shared by the whole batch plus an (M, n) mask that drops collisions."""
         neg = self._draw(n)

@@ -153,7 +153,7 @@ class MatchTrainer:
         n = cfg.num_negatives
         fused = cfg.shared_negatives and cfg.mode == "listwise" and q.dim() == 2 and not self.amp
         if fused and cfg.negative != "hard":
-            neg_ids = self.sampler.sample_shared(tgt.cpu(), n)[0].to(self.device)
+            neg_ids = self.sampler.draw_shared(n).to(self.device)  # collisions: `hits` below
             use_q = cfg.logq and cfg.negative != "uniform"
             if use_q:
                 hits = (neg_ids.unsqueeze(0) == tgt.unsqueeze(1)).nonzero(as_tuple=True)
