@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .charts import CSS, line_chart
+
 Z95 = 1.959963984540054
 
 
@@ -313,36 +315,6 @@ def decision(rep: dict[str, Any], variant: str) -> tuple[bool, str]:
 
 
 # --- HTML ------------------------------------------------------------------------------------------------
-def _svg(timeline_: dict[str, list], width: int = 640, height: int = 240) -> str:
-    points = [v for series in timeline_.values() for _, v in series]
-    if not points:
-        return "<p>no data</p>"
-    lo, hi = min(points), max(points)
-    hi = hi if hi > lo else lo + 1e-6
-    n = max(len(s) for s in timeline_.values())
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
-    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11">']
-    parts.append(f'<rect width="{width}" height="{height}" fill="white" stroke="#ccc"/>')
-    for i, (name, series) in enumerate(timeline_.items()):
-        xy = [
-            (40 + j * (width - 60) / max(1, n - 1), height - 30 - (v - lo) / (hi - lo) * (height - 50))
-            for j, (_, v) in enumerate(series)
-        ]
-        colour = colours[i % len(colours)]
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-        parts.append(f'<text x="{width - 150}" y="{20 + 14 * i}" fill="{colour}">{html.escape(name)}</text>')
-    parts.append(f'<text x="4" y="{height - 30}">{lo:.3f}</text><text x="4" y="20">{hi:.3f}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-CSS = (
-    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-)
-
-
 def write_html(rep: dict[str, Any], path: str | Path) -> Path:
     k = rep["config"]["k"]
     rows = ""
@@ -386,7 +358,7 @@ def write_html(rep: dict[str, Any], path: str | Path) -> Path:
             "<h2>Variants</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + f"</tr>{rows}</table>",
             "<h2>Against control (hit rate)</h2><table><tr>" + "".join(f"<th>{h}</th>" for h in head2) + "</tr>",
             f"{comps}</table>",
-            f"<h2>Cumulative hit rate over time</h2>{_svg(rep['timeline'])}",
+            f"<h2>Cumulative hit rate over time</h2>{line_chart(rep['timeline'], x_label='day', width=640)}",
             "</body></html>",
         ]
     )

@@ -13,6 +13,7 @@ from models.registry import MODELS, get_model_class
 from models.trainer import TrainConfig
 
 from .datasets import SyntheticConfig
+from .gate import GateConfig
 from .index import IndexConfig
 from .validate import ValidationConfig
 
@@ -40,6 +41,27 @@ class FeatureConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    """The training DAG's train task as a pod on a GPU node (``enabled``); everything else runs in-process.
+    Read at DAG parse time from the raw YAML (see ``dags/recall_training.py``), so keep it plain data."""
+
+    enabled: bool = False
+    image: str = "ghcr.io/recall-mlops/recall:latest"  # built from infra/Dockerfile
+    namespace: str = "recall"
+    gpus: int = 1
+    cpu: str = "4"
+    memory: str = "16Gi"
+    node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    tolerations: list[dict[str, str]] = field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
+    volume_claim: str = "recall-runs"  # a ReadWriteMany PVC shared by the Airflow workers and the pod
+    mount_path: str = "/opt/recall/runs"
+    service_account: str | None = None
+    startup_timeout_s: int = 600
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = DataConfig()
     model: str = "sasrec"
@@ -51,6 +73,10 @@ class RunConfig:
     features: FeatureConfig = FeatureConfig()
     validation: ValidationConfig = ValidationConfig()
     index: IndexConfig = IndexConfig()
+    gate: GateConfig = GateConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    registry: str | None = None  # the model registry root (None: $RECALL_REGISTRY or runs/registry)
+    routing: str = "serving/routing.yaml"  # what is served; its default is "production" for the gate
 
     def __post_init__(self) -> None:
         get_model_class(self.model)  # fails early with the list of models

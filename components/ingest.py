@@ -143,6 +143,7 @@ def ingest(tables: Tables, out_dir: str | Path, max_len: int = 50) -> IngestOutp
     within equal timestamps (the split's tie rule) — only a stable sort by time is applied."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").unlink(missing_ok=True)  # new data is unvalidated until validate runs again
     inter = tables.interactions.copy()
     inter["event_timestamp"] = pd.to_datetime(inter.event_timestamp, utc=True).astype("datetime64[us, UTC]")
     for c in ("user_id", "item_id"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,47 +43,75 @@ def onnx_user_vectors(path: Path, data, users: torch.Tensor, max_len: int, batch
     )
 
 
-def register_run(
+PACKAGE = "package"  # a run's staged version files, before they are copied into the registry
+
+
+def export_run(run_dir: str | Path) -> dict[str, Any]:
+    """Export step: both towers of the run to ONNX (parity-checked), vocab and feature spec, staged in
+    ``run_dir/package``. Returns the export record."""
+    run_dir = Path(run_dir)
+    model, config, cfg, (tables, enc, split) = _load_run(run_dir)
+    pkg = _fresh(run_dir / PACKAGE)
+    record = ex.export(model, enc, cfg.train.max_len, pkg)
+    (run_dir / "export.json").write_text(json.dumps(record, indent=2, default=str))
+    return record
+
+
+def index_run(run_dir: str | Path, index_cfg: idx.IndexConfig | None = None, recall_queries: int = 1000) -> dict:
+    """Index step: item vectors from the exported item tower → Faiss index (ANN recall@100 measured
+    against exact search on real user vectors), id map and popularity fallback, next to the export."""
+    run_dir = Path(run_dir)
+    pkg = run_dir / PACKAGE
+    if not (pkg / "item_tower.onnx").exists():
+        raise FileNotFoundError(f"{pkg} has no exported towers; run the export step first")
+    model, config, cfg, (tables, enc, split) = _load_run(run_dir)
+    index_cfg = index_cfg or cfg.index
+    L = cfg.train.max_len
+    items = onnx_item_vectors(pkg / "item_tower.onnx", enc.data)
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    users = 1 + torch.randperm(enc.data.n_users - 1, generator=g)[:recall_queries]
+    queries = onnx_user_vectors(pkg / "user_tower.onnx", enc.data, users, L)
+    index, report = idx.build_and_measure(items, queries, index_cfg, k=100)
+    idx.write(index, pkg / "index.faiss")
+    np.save(pkg / "item_ids.npy", np.asarray(enc.item_ids[1:], dtype=np.int64))
+    np.save(pkg / "popularity.npy", train_item_counts(enc.data, split)[1:].numpy().astype(np.int64))
+    logger.info("index %s over %d items: recall@%d %.4f", report.kind, report.n_items, report.k, report.recall_at_k)
+    out = {"config": index_cfg.__dict__, "report": report.to_dict(), "embedding_dim": int(items.shape[1])}
+    (run_dir / "index.json").write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+def publish_run(
     run_dir: str | Path,
     registry: Registry | None = None,
-    index_cfg: idx.IndexConfig | None = None,
-    version: str | None = None,
     gate: dict[str, Any] | None = None,
+    version: str | None = None,
+    stage: str = "candidate",
     to_bentoml: bool = True,
-    recall_queries: int = 1000,
 ) -> ModelVersion:
-    """Exports, indexes and registers the run in ``run_dir``; returns the verified version.
-    ``index_cfg`` defaults to the run config's ``index`` section."""
+    """Register step: copies the staged package into the registry as a new verified version (atomic:
+    it appears complete or not at all) with its metrics and gate verdict, and into the BentoML store.
+    A new version is a *candidate*: the routing file, not the registry, decides what is served."""
     registry = registry or Registry()
     run_dir = Path(run_dir)
+    pkg = run_dir / PACKAGE
+    missing = [f for f in ("export.json", "index.json") if not (run_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} lacks {', '.join(missing)}; run the export and index steps first")
     model, config = load_checkpoint(run_dir)
-    if "run" not in config:
-        raise ValueError(f"{run_dir}/config.json has no 'run' section; was it written by `recall train`?")
-    cfg = config_from_dict(config["run"])
-    index_cfg = index_cfg or cfg.index
-    tables, enc, split = prepare(cfg)
-    if tables.fingerprint() != config.get("dataset_fingerprint", tables.fingerprint()):
-        raise ValueError(f"the data of {run_dir} changed since training (dataset fingerprint differs); retrain first")
+    record = json.loads((run_dir / "export.json").read_text())
+    index = json.loads((run_dir / "index.json").read_text())
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    L = cfg.train.max_len
 
     def fill(staging: Path) -> dict[str, Any]:
-        record = ex.export(model, enc, L, staging)
-        items = onnx_item_vectors(staging / "item_tower.onnx", enc.data)
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        users = 1 + torch.randperm(enc.data.n_users - 1, generator=g)[:recall_queries]
-        queries = onnx_user_vectors(staging / "user_tower.onnx", enc.data, users, L)
-        index, report = idx.build_and_measure(items, queries, index_cfg, k=100)
-        idx.write(index, staging / "index.faiss")
-        np.save(staging / "item_ids.npy", np.asarray(enc.item_ids[1:], dtype=np.int64))
-        np.save(staging / "popularity.npy", train_item_counts(enc.data, split)[1:].numpy().astype(np.int64))
-        logger.info("index %s over %d items: recall@%d %.4f", report.kind, report.n_items, report.k, report.recall_at_k)
+        shutil.copytree(pkg, staging, dirs_exist_ok=True)
         return {
             "model": model.name,
-            "embedding_dim": int(items.shape[1]),
+            "stage": stage,
+            "embedding_dim": index["embedding_dim"],
             "multi_interest": model.multi_interest,
-            "n_items": int(items.shape[0]),
+            "n_items": int(index["report"]["n_items"]),
             "dataset_fingerprint": config.get("dataset_fingerprint"),
             "run_dir": str(run_dir),
             "config": {"model": model.config(), "run": config["run"]},
@@ -93,10 +122,43 @@ def register_run(
             },
             "gate": gate,
             "export": record,
-            "index": {"config": index_cfg.__dict__, "report": report.to_dict()},
+            "index": {"config": index["config"], "report": index["report"]},
         }
 
     mv = registry.write(model.name, fill, version)
     if to_bentoml:
         save_to_bentoml(mv)
     return mv
+
+
+def register_run(
+    run_dir: str | Path,
+    registry: Registry | None = None,
+    index_cfg: idx.IndexConfig | None = None,
+    version: str | None = None,
+    gate: dict[str, Any] | None = None,
+    to_bentoml: bool = True,
+    recall_queries: int = 1000,
+) -> ModelVersion:
+    """Export → index → register in one call (the pipeline runs them as separate steps).
+    ``index_cfg`` defaults to the run config's ``index`` section."""
+    export_run(run_dir)
+    index_run(run_dir, index_cfg, recall_queries)
+    return publish_run(run_dir, registry, gate, version, to_bentoml=to_bentoml)
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _load_run(run_dir: Path):
+    model, config = load_checkpoint(run_dir)
+    if "run" not in config:
+        raise ValueError(f"{run_dir}/config.json has no 'run' section; was it written by `recall train`?")
+    cfg = config_from_dict(config["run"])
+    prepared = prepare(cfg)
+    if prepared[0].fingerprint() != config.get("dataset_fingerprint", prepared[0].fingerprint()):
+        raise ValueError(f"the data of {run_dir} changed since training (dataset fingerprint differs); retrain first")
+    return model, config, cfg, prepared

@@ -1,0 +1,78 @@
+"""Dependency-free pictures for the HTML reports: inline SVG line charts and HTML tables."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+CSS = (
+    "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}"
+    ".pass{color:#2a7d2a}.fail{color:#c62828;font-weight:bold}.skip{color:#888}"
+    "figure{display:inline-block;margin:0 1em 1em 0}figcaption{font-size:13px;color:#444}"
+)
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+
+
+def line_chart(
+    series: dict[str, Sequence[tuple[object, float]]],
+    title: str = "",
+    x_label: str = "",
+    width: int = 520,
+    height: int = 260,
+) -> str:
+    """One polyline (with dots) per named series of (x, y) points. Numeric x values are placed to
+    scale; anything else (dates, labels) evenly, in order."""
+    points = [(x, y) for s in series.values() for x, y in s if y == y]  # y == y drops NaN
+    if not points:
+        return "<p>no data</p>"
+    numeric = all(isinstance(x, int | float) for x, _ in points)
+    xs = sorted({x for x, _ in points}) if numeric else list(dict.fromkeys(x for s in series.values() for x, _ in s))
+
+    def pos(x: object) -> float:
+        if numeric:
+            return (x - xs[0]) / ((xs[-1] - xs[0]) or 1)  # type: ignore[operator]
+        return xs.index(x) / max(1, len(xs) - 1)
+
+    lo, hi = min(y for _, y in points), max(y for _, y in points)
+    hi = hi if hi > lo else lo + 1e-6
+    left, right, top, bottom = 52, 130, 28, 36
+    w, h = width - left - right, height - top - bottom
+
+    def xy(x: object, y: float) -> tuple[float, float]:
+        return left + pos(x) * w, top + (1 - (y - lo) / (hi - lo)) * h
+
+    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="11">',
+             f'<rect width="{width}" height="{height}" fill="white" stroke="#ccc"/>',
+             f'<text x="{left}" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#999"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" stroke="#999"/>']  # fmt: skip
+    for frac in (0.0, 0.5, 1.0):
+        y = lo + frac * (hi - lo)
+        parts.append(f'<text x="4" y="{top + (1 - frac) * h + 4:.1f}">{y:.4g}</text>')
+    for x in (xs[0], xs[len(xs) // 2], xs[-1]):
+        parts.append(f'<text x="{xy(x, lo)[0] - 8:.1f}" y="{top + h + 14}">{html.escape(str(x))}</text>')
+    parts.append(f'<text x="{left + w / 2 - 20:.1f}" y="{height - 4}">{html.escape(x_label)}</text>')
+    for i, (name, s) in enumerate(series.items()):
+        colour = COLOURS[i % len(COLOURS)]
+        pts = [xy(x, y) for x, y in s if y == y]
+        parts.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+            + " ".join(f"{px:.1f},{py:.1f}" for px, py in pts)
+            + '"/>'
+        )
+        parts += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{colour}"/>' for px, py in pts]
+        parts.append(f'<text x="{left + w + 8}" y="{top + 12 + 14 * i}" fill="{colour}">{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An HTML table; cells are escaped unless they are already markup (start with '<')."""
+
+    def cell(c: object) -> str:
+        s = f"{c:.4f}" if isinstance(c, float) else str(c)
+        return s if s.startswith("<") else html.escape(s)
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + f"</tr>{body}</table>"

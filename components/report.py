@@ -1,0 +1,94 @@
+"""The evaluation report of a training run: one self-contained HTML page (inline SVG, no scripts).
+
+Metrics table (candidate vs popularity vs production, validation and test), Recall@K and NDCG@K
+curves, the training loss and validation curves per epoch, and — once the gate has run — its verdict
+with every check.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from .charts import CSS, line_chart, table
+
+GATE_MARK, GATE_END = "<!-- gate -->", "<!-- /gate -->"
+COLUMNS = ("recall", "ndcg", "mrr", "hit", "precision")
+
+
+def _rows(ev: dict[str, Any], part: str, ks: list[int]) -> list[list[object]]:
+    cols = [f"{m}@{k}" for k in ks[:2] for m in COLUMNS]
+    named = [(ev["model"] + " (candidate)", ev[part]), ("popularity", ev[f"popularity_{part}"])]
+    prod = ev.get("production")
+    if part == "test" and prod and prod.get("metrics"):
+        named.append((f"{prod['tag']} (production)", prod["metrics"]))
+    return [[name, *(float(m.get(c, float("nan"))) for c in cols)] for name, m in named]
+
+
+def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | Path) -> Path:
+    ks = ev["ks"]
+    head = ["model", *(f"{m}@{k}" for k in ks[:2] for m in COLUMNS)]
+    curve_ks = ev["curve_ks"]
+
+    def curve(metric: str) -> str:
+        series = {ev["model"]: [(k, ev["test"][f"{metric}@{k}"]) for k in curve_ks],
+                  "popularity": [(k, ev["popularity_test"][f"{metric}@{k}"]) for k in curve_ks]}  # fmt: skip
+        prod = ev.get("production")
+        if prod and prod.get("metrics") and all(f"{metric}@{k}" in prod["metrics"] for k in ev["ks"]):
+            series[f"{prod['tag']}"] = [(k, prod["metrics"][f"{metric}@{k}"]) for k in ev["ks"]]
+        return line_chart(series, f"{metric.upper()}@K (test)", "K")
+
+    loss = {"training loss": [(h["epoch"], float(h["loss"])) for h in history]}
+    monitored = sorted({k for h in history for k in h if k in ("ndcg@10", "recall@10", "recall@20")})
+    val = {m: [(h["epoch"], float(h[m])) for h in history] for m in monitored}
+    prod = ev.get("production")
+    prod_line = (
+        f"production: {html.escape(prod['tag'])}" + ("" if prod.get("metrics") else " (no stored metrics)")
+        if prod
+        else "production: none yet"
+    )
+    doc = "\n".join(
+        [
+            f'<!doctype html><html><head><meta charset="utf-8"><title>Evaluation: {html.escape(ev["model"])}</title>',
+            f"<style>{CSS}</style></head><body>",
+            f"<h1>{html.escape(ev['model'])}: evaluation</h1>",
+            f"<p>Full corpus, seen items {'masked' if ev.get('exclude_seen', True) else 'not masked'}; "
+            f"dataset {html.escape(str(ev.get('dataset_fingerprint')))}; {prod_line}.</p>",
+            GATE_MARK + GATE_END,
+            "<h2>Test</h2>" + table(head, _rows(ev, "test", ks)),
+            "<h2>Validation</h2>" + table(head, _rows(ev, "val", ks)),
+            "<h2>Curves</h2>",
+            f"<figure>{curve('recall')}<figcaption>Recall@K on the test events</figcaption></figure>",
+            f"<figure>{curve('ndcg')}<figcaption>NDCG@K on the test events</figcaption></figure>",
+            f"<figure>{line_chart(loss, 'Training loss', 'epoch')}"
+            "<figcaption>mean loss per epoch</figcaption></figure>",
+            f"<figure>{line_chart(val, 'Validation (early stopping)', 'epoch')}"
+            "<figcaption>validation metrics per epoch</figcaption></figure>",
+            "</body></html>",
+        ]
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc)
+    return path
+
+
+def gate_html(verdict: dict[str, Any]) -> str:
+    cls = {"passed": "pass", "failed": "fail", "skipped": "skip"}
+    rows = [
+        [c["name"], f'<span class="{cls[c["status"]]}">{c["status"]}</span>', html.escape(c["detail"])]
+        for c in verdict["checks"]
+    ]
+    word = '<span class="pass">PASSED</span>' if verdict["passed"] else '<span class="fail">FAILED</span>'
+    return f"<h2>Quality gate: {word}</h2>" + table(["check", "result", "numbers"], rows)
+
+
+def add_gate(path: str | Path, verdict: dict[str, Any]) -> None:
+    """Puts the gate verdict at the top of an existing report."""
+    path = Path(path)
+    if path.exists():
+        doc = path.read_text()
+        a, b = doc.find(GATE_MARK), doc.find(GATE_END)
+        if a >= 0 and b > a:
+            path.write_text(doc[: a + len(GATE_MARK)] + gate_html(verdict) + doc[b:])
