@@ -46,7 +46,7 @@ class KubernetesConfig:
     Read at DAG parse time from the raw YAML (see ``dags/recall_training.py``), so keep it plain data."""
 
     enabled: bool = False
-    image: str = "ghcr.io/recall-mlops/recall:latest"  # built from infra/Dockerfile
+    image: str = "ghcr.io/recall-mlops/recall:latest"  # an image of this project (entry point `recall`)
     namespace: str = "recall"
     gpus: int = 1
     cpu: str = "4"

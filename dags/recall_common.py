@@ -1,0 +1,62 @@
+"""Helpers shared by the recall DAGs. Parse-time code here stays light (os, pathlib, yaml): the heavy
+libraries are imported inside tasks, through the components."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(os.environ.get("RECALL_HOME", Path(__file__).resolve().parents[1]))
+DEFAULT_CONFIG = os.environ.get("RECALL_CONFIG", "configs/demo.yaml")
+FEATURES_ASSET_URI = os.environ.get("RECALL_FEATURES_ASSET", "file:///recall/features")
+
+
+def raw_config(path: str = DEFAULT_CONFIG) -> dict[str, Any]:
+    """The YAML as written (no validation, no torch import): enough for parse-time decisions."""
+    import yaml
+
+    p = Path(path) if Path(path).is_absolute() else ROOT / path
+    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
+
+
+def kubernetes_settings(path: str = DEFAULT_CONFIG) -> dict[str, Any]:
+    """The config's ``kubernetes`` section; ``RECALL_KUBERNETES=1|0`` switches the mode over the file."""
+    section = dict(raw_config(path).get("kubernetes") or {})
+    env = os.environ.get("RECALL_KUBERNETES")
+    if env is not None:
+        section["enabled"] = env.strip().lower() in ("1", "true", "yes", "on")
+    return section
+
+
+def overrides(params: dict[str, Any]) -> list[str]:
+    out = list(params.get("overrides") or [])
+    if params.get("model"):
+        out.append(f"model={params['model']}")
+    return out
+
+
+@contextmanager
+def project(params: dict[str, Any]):
+    """Runs a task in the project root with the run config of ``params`` (config + model + overrides).
+    Errors that a retry cannot fix (bad data, a failed gate, a bad setting) fail the task at once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from components.config import load_config
+    from components.gate import GateFailed
+    from components.validate import DataValidationError
+
+    old = Path.cwd()
+    os.chdir(ROOT)
+    try:
+        try:
+            cfg = load_config(params["config"], overrides(params))
+        except (ValueError, FileNotFoundError) as e:
+            raise AirflowFailException(f"bad run config: {e}") from e
+        try:
+            yield cfg
+        except (DataValidationError, GateFailed) as e:
+            raise AirflowFailException(str(e)) from e
+    finally:
+        os.chdir(old)

@@ -1,0 +1,153 @@
+"""
+### recall_training
+
+Runs when `recall_features` updates the features Asset, or by hand with params:
+`training_set` (Feast point-in-time training set) → `train` → `evaluate` (full corpus, report.html with
+curves) → `gate` (floors, must beat popularity, no regression vs the production model) → `export`
+(ONNX towers, parity-checked) → `index` (Faiss, ANN recall measured) → `register` (a new *candidate*
+version; routing untouched: `recall ab start` puts it in front of users).
+
+A failed gate fails the run at `gate` with every failed check listed (stored in the run's `gate.json`
+and report); nothing is exported or registered. Each run writes into its own directory
+`<out_dir>/runs/<run name>`.
+
+The train task runs in-process (CUDA when present). With `kubernetes.enabled: true` in the config (or
+`RECALL_KUBERNETES=1` when the scheduler parses this file) it is a `KubernetesPodOperator` on a GPU node
+running the same entry point, `recall pipeline step train`.
+
+Params: `config` (default `$RECALL_CONFIG` or `configs/demo.yaml`), `model` (empty: the config's),
+`overrides` (`key=value` settings, e.g. `train.epochs=30`), `run_name` (empty: from the DAG run id),
+`bentoml_store` (also save the version to the BentoML model store).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+from recall_common import DEFAULT_CONFIG, FEATURES_ASSET_URI, kubernetes_settings, project
+
+FEATURES = Asset(FEATURES_ASSET_URI, group="recall")
+K8S = kubernetes_settings()
+
+
+def train_pod(k8s: dict):
+    """The train task as a pod on a GPU node; same entry point as the in-process task."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k
+
+    gpus = str(k8s.get("gpus", 1))
+    limits = {"nvidia.com/gpu": gpus, "cpu": str(k8s.get("cpu", "4")), "memory": str(k8s.get("memory", "16Gi"))}
+    mount = k8s.get("mount_path", "/opt/recall/runs")
+    return KubernetesPodOperator(
+        task_id="train",
+        name="recall-train",
+        namespace=k8s.get("namespace", "recall"),
+        image=k8s.get("image", "ghcr.io/recall-mlops/recall:latest"),
+        cmds=["recall"],
+        arguments=[
+            "pipeline", "step", "train",
+            "--config", "{{ params.config }}",
+            "--model", "{{ params.model }}",
+            "--overrides-json", "{{ params.overrides | tojson }}",
+            "--run-dir", "{{ ti.xcom_pull(task_ids='training_set')['run_dir'] }}",
+            "--set", "train.device=cuda",  # on a GPU node a CPU fallback would be a silent 50x slowdown
+        ],  # fmt: skip
+        container_resources=k.V1ResourceRequirements(
+            limits=limits, requests={"cpu": limits["cpu"], "memory": limits["memory"], "nvidia.com/gpu": gpus}
+        ),
+        node_selector=k8s.get("node_selector", {"nvidia.com/gpu.present": "true"}),
+        tolerations=[k.V1Toleration(**t) for t in k8s.get("tolerations", [])],
+        volumes=[
+            k.V1Volume(
+                name="runs",
+                persistent_volume_claim=k.V1PersistentVolumeClaimVolumeSource(
+                    claim_name=k8s.get("volume_claim", "recall-runs")
+                ),
+            )
+        ],
+        volume_mounts=[k.V1VolumeMount(name="runs", mount_path=mount)],
+        service_account_name=k8s.get("service_account"),
+        startup_timeout_seconds=int(k8s.get("startup_timeout_s", 600)),
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+        retries=1,
+    )
+
+
+@dag(
+    dag_id="recall_training",
+    schedule=[FEATURES],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["recall", "training"],
+    doc_md=__doc__,
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
+    params={
+        "config": Param(DEFAULT_CONFIG, type="string", description="run config (YAML), relative to the project"),
+        "model": Param("", type="string", description="model to train (empty: the config's)"),
+        "overrides": Param([], type="array", items={"type": "string"}, description="key=value settings"),
+        "run_name": Param("", type="string", description="run directory name (empty: from the run id)"),
+        "bentoml_store": Param(True, type="boolean", description="also save the version to the BentoML store"),
+    },
+)
+def recall_training():
+    def step(name: str, params: dict, run: dict) -> dict:
+        from components import pipeline
+
+        with project(params) as cfg:
+            if name == "register":
+                out = pipeline.register(cfg, run["run_dir"], to_bentoml=params["bentoml_store"])
+            else:
+                out = pipeline.STEP_FUNCTIONS[name](cfg, run["run_dir"])
+        print(f"{name}: {out}")
+        return {"run_dir": run["run_dir"], **out}
+
+    @task
+    def training_set(params: dict | None = None, run_id: str | None = None) -> dict:
+        from components import pipeline
+
+        with project(params) as cfg:
+            run_dir = pipeline.new_run_dir(cfg, params["run_name"] or f"{cfg.model}-{run_id}")
+            out = pipeline.training_set(cfg, run_dir)
+        print(f"training set: {out['rows']:,} examples, {out['seconds']:.1f}s; run directory {run_dir}")
+        return {"run_dir": str(run_dir), **out}
+
+    @task
+    def train(run: dict, params: dict | None = None) -> dict:
+        return step("train", params, run)
+
+    @task
+    def evaluate(run: dict, params: dict | None = None) -> dict:
+        return step("evaluate", params, run)
+
+    @task(retries=0)
+    def gate(run: dict, params: dict | None = None) -> dict:
+        return step("gate", params, run)
+
+    @task
+    def export(run: dict, params: dict | None = None) -> dict:
+        return step("export", params, run)
+
+    @task
+    def index(run: dict, params: dict | None = None) -> dict:
+        return step("index", params, run)
+
+    @task
+    def register(run: dict, params: dict | None = None) -> dict:
+        return step("register", params, run)
+
+    ts = training_set()
+    if K8S.get("enabled"):
+        trained = train_pod(K8S)
+        ts >> trained
+        ev = evaluate(ts)
+        trained >> ev
+    else:
+        ev = evaluate(train(ts))
+    register(index(export(gate(ev))))
+
+
+recall_training()
