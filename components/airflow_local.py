@@ -110,7 +110,8 @@ def _fill_from_db(run: DagRun, db: Path) -> None:
             return
         run.run_id, run.state = row
         for task_id, state, start, end, tries in con.execute(
-            "SELECT task_id, state, start_date, end_date, try_number FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            "SELECT task_id, state, start_date, end_date, try_number FROM task_instance "
+            "WHERE dag_id = ? AND run_id = ?",
             (run.dag_id, run.run_id),
         ):
             run.tasks[task_id] = {"state": state, "duration_s": _seconds(start, end), "try_number": tries}

@@ -26,6 +26,11 @@ app.add_typer(models_app, name="models")
 app.add_typer(features_app, name="features")
 ab_app = typer.Typer(help="A/B experiments: start one, report on it.", no_args_is_help=True)
 app.add_typer(ab_app, name="ab")
+pipeline_app = typer.Typer(
+    help="The training pipeline: every step without Airflow (run), one step (step), or a DAG through Airflow.",
+    no_args_is_help=True,
+)
+app.add_typer(pipeline_app, name="pipeline")
 
 RoutingOpt = typer.Option(
     Path(os.environ.get("RECALL_ROUTING", "serving/routing.yaml")), "--routing", help="Routing file."
@@ -406,6 +411,96 @@ def rollback(
     console.print(f"rolled back: default is now {new.default} → {routing}")
 
 
+def _print_gate(verdict: dict) -> None:
+    colour = {"passed": "green", "failed": "red", "skipped": "yellow"}
+    for c in verdict["checks"]:
+        console.print(f"   [{colour[c['status']]}]{c['status']:>7}[/] {c['name']}: {c['detail']}")
+
+
+def _pipeline_config(config: Path | None, overrides: list[str] | None, model: str | None):
+    return _config(config, [*(overrides or []), *([f"model={model}"] if model else [])])
+
+
+@pipeline_app.command("run")
+def pipeline_run(
+    config: Path = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    model: str = typer.Option(None, help="Model to train (default: the config's)."),
+    run_dir: Path = typer.Option(None, help="Run directory (default: <out_dir>/runs/<model>-<time>)."),
+    features: bool = typer.Option(True, "--features/--no-features", help="Run ingest/validate/apply/materialize."),
+    bentoml_store: bool = typer.Option(True, "--bentoml/--no-bentoml", help="Also save to the BentoML store."),
+) -> None:
+    """features → training set → train → evaluate → gate → export → index → register, no orchestrator."""
+    from . import pipeline
+    from .gate import GateFailed
+    from .validate import DataValidationError
+
+    cfg = _pipeline_config(config, overrides, model)
+
+    def show(name: str, out: dict, secs: float) -> None:
+        brief = {k: v for k, v in out.items() if k not in ("checks", "rows", "seconds", "test")}
+        console.print(f"[bold]{name}[/bold] {secs:.1f}s {json.dumps(brief, default=str)[:200]}")
+
+    try:
+        out = pipeline.run(cfg, run_dir, with_features=features, to_bentoml=bentoml_store, on_step=show)
+    except DataValidationError as e:
+        console.print(f"[red]validation failed; nothing was trained:[/red]\n{e}")
+        raise typer.Exit(1) from None
+    except GateFailed as e:
+        console.print("[red]quality gate failed; nothing was exported or registered:[/red]")
+        _print_gate(e.verdict)
+        raise typer.Exit(1) from None
+    reg, ev = out["steps"]["register"], out["steps"]["evaluate"]
+    console.print(f"registered {reg['tag']} (candidate); report {ev['report']}")
+
+
+@pipeline_app.command("step")
+def pipeline_step(
+    name: str = typer.Argument(..., help="training_set | train | evaluate | gate | export | index | register"),
+    run_dir: Path = typer.Option(..., help="The run directory the steps share."),
+    config: Path = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    model: str = typer.Option(None, help="Model to train (default: the config's)."),
+    overrides_json: str = typer.Option(None, help="More overrides as a JSON list (what the Kubernetes pod gets)."),
+) -> None:
+    """One step of the training pipeline: the entry point of the DAG's Kubernetes train pod."""
+    from . import pipeline
+    from .gate import GateFailed
+
+    if name not in pipeline.STEP_FUNCTIONS:
+        console.print(f"[red]error:[/red] unknown step {name!r}; choose one of: {', '.join(pipeline.STEP_FUNCTIONS)}")
+        raise typer.Exit(2)
+    extra = json.loads(overrides_json) if overrides_json else []
+    cfg = _pipeline_config(config, [*extra, *(overrides or [])], model or None)
+    try:
+        out = pipeline.STEP_FUNCTIONS[name](cfg, run_dir)
+    except GateFailed as e:
+        console.print("[red]quality gate failed:[/red]")
+        _print_gate(e.verdict)
+        raise typer.Exit(1) from None
+    console.print_json(json.dumps(out, default=str))
+
+
+@pipeline_app.command("airflow")
+def pipeline_airflow(
+    dag_id: str = typer.Argument(..., help="recall_features | recall_training | recall_ab_report"),
+    conf: str = typer.Option("{}", help="DAG run params as JSON, e.g. '{\"model\": \"gru4rec\"}'."),
+    home: Path = typer.Option(Path("runs/airflow"), help="AIRFLOW_HOME (SQLite metadata DB, set up on first use)."),
+) -> None:
+    """One real `airflow dags test` run of a DAG; prints each task's state and wall time."""
+    from .airflow_local import dags_test, environment
+
+    run = dags_test(dag_id, json.loads(conf), environment(home), stream=True)
+    table = Table(title=f"{dag_id}: {run.state} in {run.seconds:.1f}s")
+    for col in ("task", "state", "seconds"):
+        table.add_column(col)
+    for task, t in run.tasks.items():
+        table.add_row(task, str(t["state"]), f"{t['duration_s'] or 0:.1f}")
+    console.print(table)
+    if not run.ok:
+        raise typer.Exit(1)
+
+
 @app.command()
 def train(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
     """Train the configured model, early-stopping on validation; print test metrics beside popularity."""
@@ -462,12 +557,16 @@ def _serve_once(cfg, mv, user: int) -> None:
 
     from serving.process import running_service
 
+    from .registry import atomic_write_text
+
     out = Path(cfg.out_dir).resolve()  # the server runs from the repository root
-    routing = out / "routing.yaml"
-    routing.write_text(f"default: {mv.tag}\nexperiments: []\n")
+    routing = Path(cfg.routing).resolve()
+    # The demo plays the operator: its candidate goes straight to the default route (in production:
+    # `recall ab start` → `recall promote`). The next demo's gate compares against it.
+    atomic_write_text(routing, f"default: {mv.tag}\nexperiments: []\n")
     env = {
         "RECALL_ROUTING": str(routing),
-        "RECALL_REGISTRY": str(out / "registry"),
+        "RECALL_REGISTRY": str(Path(cfg.registry).resolve()),
         "RECALL_FEATURE_DIR": str(Path(cfg.features.dir).resolve()),
         "RECALL_RESPONSE_LOG": str(out / "serving" / "responses.jsonl"),
         "RECALL_WORKERS": "1",
@@ -489,50 +588,71 @@ def demo(
     config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo config."),
     overrides: list[str] = SetOpt,
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Finish with one request to the real service."),
+    airflow: bool = typer.Option(True, "--airflow/--no-airflow", help="Run the DAGs with `airflow dags test`."),
 ) -> None:
-    """The main job on the embedded default: synthetic data → validated features in Feast (SQLite) →
-    SASRec → evaluation → ONNX + Faiss model version in the registry → one user's top-10."""
-    import dataclasses
-
+    """The main job on the embedded default, through the real Airflow: recall_features (synthetic data →
+    validated features in Feast/SQLite) → recall_training (training set → SASRec → evaluation report →
+    gate → ONNX + Faiss → registered candidate) → one user's top-10 → one request to the real service."""
+    from . import pipeline
     from .evaluate import recommend as rec
-    from .features import run_pipeline
-    from .register import register_run
     from .registry import Registry
-    from .train import prepare, run
 
     t0 = time.perf_counter()
     cfg = _config(config, overrides)
-    cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, dir=str(Path(cfg.out_dir) / "features")))
-    prepared = prepare(cfg)
-    tables = prepared[0]
-    console.print(
-        f"[bold]1. data[/bold] {cfg.data.source}: {tables.interactions.user_id.nunique()} users, "
-        f"{len(tables.items)} items, {len(tables.interactions)} interactions"
-    )
-    feats = run_pipeline(cfg, ("ingest", "validate", "apply", "materialize"))
-    secs = ", ".join(f"{k} {v:.1f}s" for k, v in feats["seconds"].items())
-    console.print(f"[bold]2. features[/bold] {secs} → {cfg.features.dir} (validation report: {feats['data_docs']})")
-    console.print(
-        f"[bold]3. train[/bold] {cfg.model} ({cfg.train.mode} loss, up to {cfg.train.epochs} epochs, "
-        f"early stopping on validation {cfg.train.monitor})"
-    )
-    out = run(cfg, prepared)
-    console.print(f"   best epoch {out.best_epoch}, {out.train_seconds:.1f}s, {out.examples_per_s:,.0f} examples/s")
+    out_dir = Path(cfg.out_dir)
+    placed = [f"features.dir={out_dir / 'features'}", f"registry={out_dir / 'registry'}",
+              f"routing={out_dir / 'routing.yaml'}"]  # fmt: skip
+    cfg = _config(config, [*(overrides or []), *placed])
+    run_name = f"{cfg.model}-{time.strftime('%Y%m%dT%H%M%S')}"
+    run_dir = pipeline.new_run_dir(cfg, run_name)
+    if airflow:
+        from .airflow_local import dags_test, environment
+
+        env = environment(out_dir / "airflow")
+        conf = {"config": str(config), "overrides": [*(overrides or []), *placed]}
+        for n, (dag_id, extra) in enumerate(
+            [("recall_features", {}), ("recall_training", {"run_name": run_name, "bentoml_store": False})], 1
+        ):
+            console.print(f"[bold]{n}. airflow dags test {dag_id}[/bold] (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
+            run = dags_test(dag_id, {**conf, **extra}, env)
+            steps = ", ".join(f"{t} {v['duration_s'] or 0:.1f}s {'' if v['state'] == 'success' else v['state']}"
+                              for t, v in run.tasks.items())  # fmt: skip
+            console.print(f"   {run.state} in {run.seconds:.1f}s: {steps}")
+            if not run.ok:
+                if (run_dir / "gate.json").exists():
+                    _print_gate(json.loads((run_dir / "gate.json").read_text()))
+                console.print(f"[red]{dag_id} failed[/red]; Airflow's output ends:\n{run.output[-3000:]}")
+                raise typer.Exit(1)
+    else:
+        console.print("[bold]1-2. recall pipeline run[/bold] (no Airflow)")
+        try:
+            pipeline.run(cfg, run_dir, to_bentoml=False,
+                         on_step=lambda name, _, secs: console.print(f"   {name} {secs:.1f}s"))  # fmt: skip
+        except Exception as e:  # the gate's or validation's message says what failed
+            console.print(f"[red]pipeline failed:[/red] {e}")
+            raise typer.Exit(1) from None
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    verdict = json.loads((run_dir / "gate.json").read_text())
     _metrics(
-        "4. evaluate: test split, full corpus, seen items masked",
-        {cfg.model: out.test_metrics, "popularity": out.popularity_test},
+        "3. evaluate: test split, full corpus, seen items masked",
+        {cfg.model: ev["test"], "popularity": ev["popularity_test"]},
         cfg.ks[:2],
     )
-    mv = register_run(cfg.out_dir, Registry(Path(cfg.out_dir) / "registry"), to_bentoml=False)
+    console.print(f"   report: {run_dir / 'report.html'}")
+    console.print(f"[bold]4. gate[/bold] {'passed' if verdict['passed'] else 'FAILED'}")
+    _print_gate(verdict)
+    mv = Registry(cfg.registry).get(json.loads((run_dir / "registered.json").read_text())["tag"])
     par, rep = mv.meta["export"]["parity"], mv.meta["index"]["report"]
     worst = max(par["user"]["max_abs_diff"], par["item"]["max_abs_diff"])
     console.print(
-        f"[bold]5. register[/bold] {mv.tag} at {mv.path}: max |ONNX - PyTorch| {worst:.1e}, "
+        f"[bold]5. registered[/bold] {mv.tag} ({mv.meta['stage']}) at {mv.path}: max |ONNX - PyTorch| {worst:.1e}, "
         f"{rep['kind']} index over {rep['n_items']} items, recall@{rep['k']} vs exact {rep['recall_at_k']:.3f}"
     )
-    user = int(tables.interactions.user_id.iloc[0])
+    from .datasets import Tables
+
+    user = int(Tables.read(cfg.features.dir).interactions.user_id.iloc[0])
     console.print(f"[bold]6. top-10 for user {user}[/bold]")
-    console.print(rec(cfg.out_dir, user, 10).to_string(index=False))
+    console.print(rec(run_dir, user, 10).to_string(index=False))
     if serve:
         console.print(f"[bold]7. serve[/bold] bentoml serve serving.service:RecallService with {mv.tag}")
         _serve_once(cfg, mv, user)
