@@ -37,7 +37,7 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
         prod = ev.get("production")
         if prod and prod.get("metrics") and all(f"{metric}@{k}" in prod["metrics"] for k in ev["ks"]):
             series[f"{prod['tag']}"] = [(k, prod["metrics"][f"{metric}@{k}"]) for k in ev["ks"]]
-        return line_chart(series, f"{metric.upper()}@K (test)", "K")
+        return line_chart(series, {"recall": "Recall@K", "ndcg": "NDCG@K"}[metric] + " (test)", "K")
 
     loss = {"training loss": [(h["epoch"], float(h["loss"])) for h in history]}
     monitored = sorted({k for h in history for k in h if k in ("ndcg@10", "recall@10", "recall@20")})

@@ -1,0 +1,110 @@
+"""The training pipeline without an orchestrator (`recall pipeline run`, `components.pipeline`): a gated
+candidate is registered with its verdict and report; a failed gate (impossible floor, regression vs
+production) leaves the registry and the routing file exactly as they were."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from components import pipeline
+from components.cli import app
+from components.config import load_config
+from components.gate import GateFailed
+from components.registry import Registry
+
+pytestmark = pytest.mark.integration
+SETTINGS = [
+    "data.synthetic.n_users=200",
+    "data.synthetic.n_items=100",
+    "data.synthetic.n_interactions=6000",
+    "train.epochs=8",
+    "train.progress=false",
+    "train.max_len=20",
+]
+
+
+def placed(out):
+    return [f"out_dir={out}", f"features.dir={out}/features", f"registry={out}/registry", f"routing={out}/routing.yaml"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    settings = SETTINGS + placed(out)
+    cfg = load_config("configs/demo.yaml", settings)
+    pipeline.features(cfg)
+    return out, settings
+
+
+def snapshot(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_run_registers_a_gated_candidate_with_report_and_leaves_routing_alone(world):
+    out, settings = world
+    cfg = load_config("configs/demo.yaml", settings)
+    res = pipeline.run(cfg, out / "runs" / "first", with_features=False, to_bentoml=False)
+    assert list(res["seconds"]) == list(pipeline.TRAINING_STEPS)
+    run_dir = out / "runs" / "first"
+    mv = Registry(out / "registry").get("sasrec")
+    assert mv.tag == "recall-sasrec:v1" and mv.meta["stage"] == "candidate"
+    assert mv.meta["gate"]["passed"] and mv.meta["dataset_fingerprint"]
+    assert json.loads((run_dir / "gate.json").read_text())["passed"]
+    report = (run_dir / "report.html").read_text()
+    assert "Quality gate: <span class=\"pass\">PASSED" in report and report.count("<svg") == 4
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    assert ev["test"]["ndcg@10"] > ev["popularity_test"]["ndcg@10"] and "recall@1" in ev["test"]
+    assert not (out / "routing.yaml").exists()  # registering never serves: routing is the operator's
+
+
+def test_impossible_floor_fails_at_the_gate_and_changes_nothing(world):
+    out, settings = world
+    (out / "routing.yaml").write_text("default: recall-sasrec:v1\nexperiments: []\n")
+    before, routing = snapshot(out / "registry"), (out / "routing.yaml").read_bytes()
+    args = [a for s in [*settings, "gate.floors={ndcg@10: 0.99}"] for a in ("-s", s)]
+    res = CliRunner().invoke(
+        app,
+        ["pipeline", "run", "-c", "configs/demo.yaml", *args, "--no-features", "--no-bentoml",
+         "--run-dir", str(out / "runs" / "floor")],
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert "quality gate failed" in res.output and "floor ndcg@10" in res.output and "< floor 0.9900" in res.output
+    assert snapshot(out / "registry") == before and (out / "routing.yaml").read_bytes() == routing
+    verdict = json.loads((out / "runs" / "floor" / "gate.json").read_text())
+    assert not verdict["passed"] and verdict["production"]["tag"] == "recall-sasrec:v1"
+    assert not (out / "runs" / "floor" / "package").exists()  # nothing was exported
+    cfg = load_config("configs/demo.yaml", settings)
+    for step in (pipeline.export, pipeline.index, pipeline.register):  # later steps refuse on their own
+        with pytest.raises(GateFailed):
+            step(cfg, out / "runs" / "floor")
+
+
+def test_regression_against_production_fails_the_gate(world):
+    out, settings = world
+    (out / "routing.yaml").write_text("default: recall-sasrec:v1\nexperiments: []\n")
+    before = snapshot(out / "registry")
+    cfg = load_config("configs/demo.yaml", [*settings, "train.epochs=1", "gate.max_regression=0.0"])
+    with pytest.raises(GateFailed) as e:
+        pipeline.run(cfg, out / "runs" / "weaker", with_features=False, to_bentoml=False)
+    failed = [c["name"] for c in e.value.verdict["checks"] if c["status"] == "failed"]
+    assert any(name.startswith("no regression vs recall-sasrec:v1") for name in failed), failed
+    assert "no regression vs recall-sasrec:v1" in str(e.value)
+    assert snapshot(out / "registry") == before
+
+
+def test_training_refuses_data_that_did_not_pass_validation(world, tmp_path):
+    out, settings = world
+    cfg = load_config("configs/demo.yaml", settings)
+    report = out / "features" / "validation.json"
+    saved = report.read_text()
+    try:
+        report.write_text(json.dumps({**json.loads(saved), "success": False}))
+        with pytest.raises(RuntimeError, match="failed validation"):
+            pipeline.train(cfg, tmp_path / "run")
+        report.unlink()
+        with pytest.raises(FileNotFoundError, match="recall_features"):
+            pipeline.training_set(cfg, tmp_path / "run")
+    finally:
+        report.write_text(saved)
+    assert not (tmp_path / "run" / "model.pt").exists()

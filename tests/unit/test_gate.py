@@ -1,0 +1,100 @@
+"""The quality gate against hand-worked cases, and the report's pictures are well-formed SVG."""
+
+import xml.dom.minidom
+
+import pytest
+
+from components.charts import line_chart, table
+from components.gate import GateConfig, GateFailed, enforce, evaluate_gate
+from components.report import add_gate, write_report
+
+CAND = {"recall@20": 0.30, "ndcg@10": 0.10, "mrr@10": 0.08}
+POP = {"recall@20": 0.12, "ndcg@10": 0.04, "mrr@10": 0.03}
+
+
+def by_name(verdict):
+    return {c["name"]: c for c in verdict["checks"]}
+
+
+def test_passes_floors_and_popularity_with_nothing_in_production():
+    v = evaluate_gate(CAND, POP, GateConfig(floors={"ndcg@10": 0.05}))
+    assert v["passed"]
+    checks = by_name(v)
+    assert checks["floor ndcg@10"]["status"] == "passed" and checks["floor ndcg@10"]["threshold"] == 0.05
+    assert checks["beats popularity on recall@20"]["status"] == "passed"
+    assert checks["no regression vs production"]["status"] == "skipped"
+    assert enforce(v) is v
+
+
+def test_every_failed_check_is_listed_with_its_numbers():
+    weak = {"recall@20": 0.12, "ndcg@10": 0.03, "mrr@10": 0.08}
+    v = evaluate_gate(weak, POP, GateConfig(floors={"ndcg@10": 0.05, "mrr@10": 0.01}))
+    assert not v["passed"]
+    failed = sorted(c["name"] for c in v["checks"] if c["status"] == "failed")
+    # A tie with popularity is not a win: recall@20 0.12 vs 0.12 fails.
+    assert failed == ["beats popularity on ndcg@10", "beats popularity on recall@20", "floor ndcg@10"]
+    with pytest.raises(GateFailed) as e:
+        enforce(v)
+    msg = str(e.value)
+    assert "3 of 5 checks" in msg and "0.0300 < floor 0.0500" in msg and "0.1200 vs popularity 0.1200" in msg
+    assert e.value.verdict is v
+
+
+def test_regression_margin_against_production_is_relative():
+    prod = {"tag": "recall-sasrec:v3", "dataset_fingerprint": "abc", "metrics": {"recall@20": 0.30, "ndcg@10": 0.10,
+                                                                               "mrr@10": 0.1}}  # fmt: skip
+    cfg = GateConfig(max_regression=0.05, regression_metrics=("recall@20", "ndcg@10", "mrr@10"))
+    # recall 0.30 = production; ndcg 0.10 = production; mrr 0.08 < 0.1 × 0.95 = 0.095 → regression.
+    v = evaluate_gate(CAND, POP, cfg, prod, "abc")
+    checks = by_name(v)
+    assert checks["no regression vs recall-sasrec:v3 on recall@20"]["status"] == "passed"
+    assert checks["no regression vs recall-sasrec:v3 on mrr@10"]["status"] == "failed"
+    assert checks["no regression vs recall-sasrec:v3 on mrr@10"]["threshold"] == pytest.approx(0.095)
+    assert not v["passed"]
+    # Within the margin: 0.096 ≥ 0.095 passes.
+    v = evaluate_gate({**CAND, "mrr@10": 0.096}, POP, cfg, prod, "abc")
+    assert v["passed"]
+
+
+def test_production_on_other_data_is_not_compared_but_says_why():
+    prod = {"tag": "recall-sasrec:v3", "dataset_fingerprint": "old", "metrics": {"recall@20": 0.9, "ndcg@10": 0.9}}
+    v = evaluate_gate(CAND, POP, GateConfig(), prod, "new")
+    (check,) = [c for c in v["checks"] if "production" in c["name"] or "recall-sasrec" in c["name"]]
+    assert check["status"] == "skipped" and "not comparable" in check["detail"]
+    assert v["passed"]
+
+
+def test_unknown_metric_and_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="gate metric 'ndcg@7'"):
+        evaluate_gate(CAND, POP, GateConfig(floors={"ndcg@7": 0.1}))
+    with pytest.raises(ValueError, match="gate.split"):
+        GateConfig(split="train")
+    with pytest.raises(ValueError, match="max_regression"):
+        GateConfig(max_regression=1.5)
+
+
+def test_report_is_html_with_well_formed_charts(tmp_path):
+    ks = [10, 20, 50, 100]
+    curve = [1, 2, 5, 10, 20, 30, 50, 75, 100]
+    m = {f"{x}@{k}": k / 200 for k in curve for x in ("recall", "ndcg", "mrr", "hit", "precision")}
+    ev = {"model": "sasrec", "ks": ks, "curve_ks": curve, "test": m, "val": m, "popularity_test": m,
+          "popularity_val": m, "production": None, "dataset_fingerprint": "abc"}  # fmt: skip
+    history = [{"epoch": e, "loss": 3.0 / e, "ndcg@10": 0.01 * e} for e in range(1, 6)]
+    path = write_report(ev, history, tmp_path / "report.html")
+    doc = path.read_text()
+    svgs = [doc[a : doc.index("</svg>", a) + 6] for a in range(len(doc)) if doc.startswith("<svg", a)]
+    assert len(svgs) == 4  # recall@K, NDCG@K, loss, validation
+    for s in svgs:
+        xml.dom.minidom.parseString(s)
+    assert "Recall@K (test)" in doc and "Training loss" in doc and doc.count("<table>") == 2
+    add_gate(path, evaluate_gate(CAND, POP, GateConfig()))
+    add_gate(path, evaluate_gate(CAND, POP, GateConfig()))  # re-running the gate replaces, not appends
+    assert path.read_text().count("Quality gate") == 1 and "PASSED" in path.read_text()
+
+
+def test_chart_and_table_helpers():
+    svg = line_chart({"a": [(1, 0.1), (2, float("nan")), (3, 0.3)], "b": [("x", 0.2)]}, "t")
+    xml.dom.minidom.parseString(svg)
+    assert line_chart({}, "t") == "<p>no data</p>"
+    html = table(["h<1>"], [["<b>x</b>"], ["a&b"], [0.123456]])
+    assert "h&lt;1&gt;" in html and "<b>x</b>" in html and "a&amp;b" in html and "0.1235" in html
