@@ -15,6 +15,7 @@ from models.trainer import TrainConfig
 from .datasets import SyntheticConfig
 from .gate import GateConfig
 from .index import IndexConfig
+from .k8s import KubernetesConfig
 from .validate import ValidationConfig
 
 SOURCES = ("synthetic", "ml100k", "parquet", "file")
@@ -38,27 +39,6 @@ class FeatureConfig:
     dir: str = "runs/features"  # ingested tables + Feast registry + SQLite online store
     online: str = "sqlite"  # sqlite | redis
     redis: str = "localhost:6379"
-
-
-@dataclass(frozen=True)
-class KubernetesConfig:
-    """The training DAG's train task as a pod on a GPU node (``enabled``); everything else runs in-process.
-    Read at DAG parse time from the raw YAML (see ``dags/recall_training.py``), so keep it plain data."""
-
-    enabled: bool = False
-    image: str = "ghcr.io/recall-mlops/recall:latest"  # an image of this project (entry point `recall`)
-    namespace: str = "recall"
-    gpus: int = 1
-    cpu: str = "4"
-    memory: str = "16Gi"
-    node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
-    tolerations: list[dict[str, str]] = field(
-        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    )
-    volume_claim: str = "recall-runs"  # a ReadWriteMany PVC shared by the Airflow workers and the pod
-    mount_path: str = "/opt/recall/runs"
-    service_account: str | None = None
-    startup_timeout_s: int = 600
 
 
 @dataclass(frozen=True)

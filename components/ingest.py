@@ -51,7 +51,13 @@ def read_interactions_file(path: str | Path, columns: dict[str, str] | None = No
     if missing:
         raise ValueError(f"{path}: missing columns {', '.join(missing)}; the file has {list(df.columns)}")
     ts = df[mapping["event_timestamp"]]
-    ts = pd.to_datetime(ts, unit="s", utc=True) if pd.api.types.is_numeric_dtype(ts) else pd.to_datetime(ts, utc=True)
+    try:
+        ts = (pd.to_datetime(ts, unit="s", utc=True) if pd.api.types.is_numeric_dtype(ts)
+              else pd.to_datetime(ts, utc=True, format="ISO8601"))  # fmt: skip
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"{path}: column {mapping['event_timestamp']!r} must hold unix seconds or ISO-8601 times: {e}"
+        ) from None
     out = pd.DataFrame(
         {
             "user_id": df[mapping["user_id"]],

@@ -76,7 +76,7 @@ def _require_features(cfg: RunConfig) -> None:
         )
     report = json.loads((d / "validation.json").read_text())
     if not report.get("success", False):
-        raise RuntimeError(f"the data in {d} failed validation ({d / 'validation.json'}); fix it and re-run features")
+        raise ValueError(f"the data in {d} failed validation ({d / 'validation.json'}); fix it and re-run features")
 
 
 def training_config(cfg: RunConfig, run_dir: str | Path) -> RunConfig:

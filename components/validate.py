@@ -66,7 +66,8 @@ def _frames(tables: dict[str, pd.DataFrame], cfg: ValidationConfig) -> dict[str,
     return {"interactions": inter, "users": users.copy(), "items": items, "user_behaviour": beh}
 
 
-def expectations(cfg: ValidationConfig) -> dict[str, list[Any]]:
+def expectations(cfg: ValidationConfig, has_rating: bool = True) -> dict[str, list[Any]]:
+    """The suites. ``rating`` is optional (implicit-feedback logs have none): checked when present."""
     gx = _gx()
     E = gx.expectations
     now = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=cfg.future_slack_s)
@@ -91,7 +92,11 @@ def expectations(cfg: ValidationConfig) -> dict[str, list[Any]]:
             *ids("user_id"),
             *ids("item_id"),
             *ts_bounds(),
-            E.ExpectColumnValuesToBeBetween(column="rating", min_value=cfg.rating_min, max_value=cfg.rating_max),
+            *(
+                [E.ExpectColumnValuesToBeBetween(column="rating", min_value=cfg.rating_min, max_value=cfg.rating_max)]
+                if has_rating
+                else []
+            ),
             E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "event_timestamp"]),
             E.ExpectColumnValuesToBeInSet(column="user_exists", value_set=[True]),
             E.ExpectColumnValuesToBeInSet(column="item_exists", value_set=[True]),
@@ -175,7 +180,7 @@ def validate_tables(
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # our own step timing is the progress
     source = ctx.data_sources.add_pandas("canonical")
     definitions = []
-    for name, exps in expectations(cfg).items():
+    for name, exps in expectations(cfg, "rating" in frames["interactions"]).items():
         suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=exps))
         bd = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         definitions.append(ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=bd, suite=suite)))

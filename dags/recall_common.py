@@ -21,13 +21,11 @@ def raw_config(path: str = DEFAULT_CONFIG) -> dict[str, Any]:
     return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
 
 
-def kubernetes_settings(path: str = DEFAULT_CONFIG) -> dict[str, Any]:
-    """The config's ``kubernetes`` section; ``RECALL_KUBERNETES=1|0`` switches the mode over the file."""
-    section = dict(raw_config(path).get("kubernetes") or {})
-    env = os.environ.get("RECALL_KUBERNETES")
-    if env is not None:
-        section["enabled"] = env.strip().lower() in ("1", "true", "yes", "on")
-    return section
+def kubernetes_settings(path: str = DEFAULT_CONFIG):
+    """The config's ``kubernetes`` section (``RECALL_KUBERNETES=1|0`` switches the mode over the file)."""
+    from components.k8s import from_yaml_section
+
+    return from_yaml_section(raw_config(path).get("kubernetes"))
 
 
 def overrides(params: dict[str, Any]) -> list[str]:
@@ -40,12 +38,13 @@ def overrides(params: dict[str, Any]) -> list[str]:
 @contextmanager
 def project(params: dict[str, Any]):
     """Runs a task in the project root with the run config of ``params`` (config + model + overrides).
-    Errors that a retry cannot fix (bad data, a failed gate, a bad setting) fail the task at once."""
+    Errors that a retry cannot fix fail the task at once: bad data or settings (``ValueError``, which
+    includes a failed validation), missing inputs (``FileNotFoundError``) and a failed gate. Anything
+    else (a lost connection, a killed worker) is retried."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from components.config import load_config
     from components.gate import GateFailed
-    from components.validate import DataValidationError
 
     old = Path.cwd()
     os.chdir(ROOT)
@@ -56,7 +55,7 @@ def project(params: dict[str, Any]):
             raise AirflowFailException(f"bad run config: {e}") from e
         try:
             yield cfg
-        except (DataValidationError, GateFailed) as e:
-            raise AirflowFailException(str(e)) from e
+        except (ValueError, FileNotFoundError, GateFailed) as e:
+            raise AirflowFailException(f"{type(e).__name__}: {e}") from e
     finally:
         os.chdir(old)

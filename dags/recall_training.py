@@ -32,19 +32,18 @@ FEATURES = Asset(FEATURES_ASSET_URI, group="recall")
 K8S = kubernetes_settings()
 
 
-def train_pod(k8s: dict):
+def train_pod(k8s):
     """The train task as a pod on a GPU node; same entry point as the in-process task."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k
 
-    gpus = str(k8s.get("gpus", 1))
-    limits = {"nvidia.com/gpu": gpus, "cpu": str(k8s.get("cpu", "4")), "memory": str(k8s.get("memory", "16Gi"))}
-    mount = k8s.get("mount_path", "/opt/recall/runs")
+    gpus = str(k8s.gpus)
+    limits = {"nvidia.com/gpu": gpus, "cpu": str(k8s.cpu), "memory": str(k8s.memory)}
     return KubernetesPodOperator(
         task_id="train",
         name="recall-train",
-        namespace=k8s.get("namespace", "recall"),
-        image=k8s.get("image", "ghcr.io/recall-mlops/recall:latest"),
+        namespace=k8s.namespace,
+        image=k8s.image,
         cmds=["recall"],
         arguments=[
             "pipeline", "step", "train",
@@ -57,19 +56,17 @@ def train_pod(k8s: dict):
         container_resources=k.V1ResourceRequirements(
             limits=limits, requests={"cpu": limits["cpu"], "memory": limits["memory"], "nvidia.com/gpu": gpus}
         ),
-        node_selector=k8s.get("node_selector", {"nvidia.com/gpu.present": "true"}),
-        tolerations=[k.V1Toleration(**t) for t in k8s.get("tolerations", [])],
+        node_selector=k8s.node_selector,
+        tolerations=[k.V1Toleration(**t) for t in k8s.tolerations],
         volumes=[
             k.V1Volume(
                 name="runs",
-                persistent_volume_claim=k.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=k8s.get("volume_claim", "recall-runs")
-                ),
+                persistent_volume_claim=k.V1PersistentVolumeClaimVolumeSource(claim_name=k8s.volume_claim),
             )
         ],
-        volume_mounts=[k.V1VolumeMount(name="runs", mount_path=mount)],
-        service_account_name=k8s.get("service_account"),
-        startup_timeout_seconds=int(k8s.get("startup_timeout_s", 600)),
+        volume_mounts=[k.V1VolumeMount(name="runs", mount_path=k8s.mount_path)],
+        service_account_name=k8s.service_account,
+        startup_timeout_seconds=k8s.startup_timeout_s,
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
         retries=1,
@@ -123,7 +120,7 @@ def recall_training():
     def evaluate(run: dict, params: dict | None = None) -> dict:
         return step("evaluate", params, run)
 
-    @task(retries=0)
+    @task
     def gate(run: dict, params: dict | None = None) -> dict:
         return step("gate", params, run)
 
@@ -140,7 +137,7 @@ def recall_training():
         return step("register", params, run)
 
     ts = training_set()
-    if K8S.get("enabled"):
+    if K8S.enabled:
         trained = train_pod(K8S)
         ts >> trained
         ev = evaluate(ts)

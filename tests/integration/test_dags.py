@@ -2,16 +2,16 @@
 `airflow dags test` runs against a SQLite metadata database."""
 
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from components.airflow_local import asset_events, dags_test, ensure_db, environment
 from components.promote import read_audit
+from components.registry import Registry
 from tests.unit.test_ab import simulate
 
 pytestmark = pytest.mark.integration
@@ -21,30 +21,24 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": str(ROOT),
-    }
-    res = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    """A fresh SQLite metadata database (``airflow db migrate``) for this module's DAG runs."""
+    env = environment(tmp_path_factory.mktemp("airflow"), {"AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
+    ensure_db(env)
     return env
 
 
 INSPECT = """
 import json, time
 t0 = time.perf_counter()
-from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder={folder!r})
+from airflow.dag_processing.dagbag import BundleDagBag  # as Airflow 3 parses a bundle: its folder on sys.path
+bag = BundleDagBag(dag_folder={folder!r}, bundle_path={folder!r})
 errors = {{k: str(v)[:500] for k, v in bag.import_errors.items()}}
 out = {{"errors": errors, "seconds": time.perf_counter() - t0, "dags": {{}}}}
 for dag_id, d in bag.dags.items():
     out["dags"][dag_id] = {{
         "tags": sorted(d.tags), "doc": bool(d.doc_md), "schedule": str(d.schedule),
-        "tasks": {{t.task_id: {{"retries": t.retries, "down": sorted(t.downstream_task_ids)}} for t in d.tasks}},
+        "tasks": {{t.task_id: {{"retries": t.retries, "down": sorted(t.downstream_task_ids),
+                               "outlets": [getattr(o, "uri", str(o)) for o in t.outlets]}} for t in d.tasks}},
     }}
 import sys
 out["heavy"] = sorted(m for m in ("torch", "feast", "faiss", "onnxruntime", "great_expectations") if m in sys.modules)
@@ -70,10 +64,75 @@ def test_every_dag_imports_cleanly_with_tags_docs_and_retries(airflow_env):
         assert all(t["retries"] >= 1 for t in d["tasks"].values()), dag_id
     ab = info["dags"]["recall_ab_report"]
     assert ab["tasks"] == {
-        "report": {"retries": 2, "down": ["maybe_promote"]},
-        "maybe_promote": {"retries": 2, "down": []},
+        "report": {"retries": 2, "down": ["maybe_promote"], "outlets": []},
+        "maybe_promote": {"retries": 2, "down": [], "outlets": []},
     }
     assert ab["schedule"] == "@daily"
+
+    feats = info["dags"]["recall_features"]
+    assert feats["schedule"] == "@daily"
+    assert {t: v["down"] for t, v in feats["tasks"].items()} == {
+        "ingest": ["validate"], "validate": ["apply"], "apply": ["materialize"], "materialize": [],
+    }  # fmt: skip
+    assert feats["tasks"]["materialize"]["outlets"] == [FEATURES_URI]  # the Asset that schedules training
+    assert all(v["outlets"] == [] for t, v in feats["tasks"].items() if t != "materialize")
+
+    training = info["dags"]["recall_training"]
+    assert FEATURES_URI in training["schedule"]  # scheduled by the features Asset, not by time
+    assert {t: v["down"] for t, v in training["tasks"].items()} == TRAINING_GRAPH
+
+
+FEATURES_URI = "file:///recall/features"
+TRAINING_GRAPH = {
+    "training_set": ["train"], "train": ["evaluate"], "evaluate": ["gate"], "gate": ["export"],
+    "export": ["index"], "index": ["register"], "register": [],
+}  # fmt: skip
+
+POD = """
+import json
+from airflow.dag_processing.dagbag import BundleDagBag
+from kubernetes.client import ApiClient
+bag = BundleDagBag(dag_folder={folder!r}, bundle_path={folder!r})
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags["recall_training"]
+train = dag.get_task("train")
+pod = ApiClient().sanitize_for_serialization(train.build_pod_request_obj())
+print("JSON" + json.dumps({{"operator": type(train).__name__, "pod": pod,
+                           "down": sorted(train.downstream_task_ids), "up": sorted(train.upstream_task_ids)}}))
+"""
+
+
+def test_kubernetes_mode_renders_a_gpu_training_pod(airflow_env, tmp_path):
+    # No cluster here: a kubeconfig that points nowhere is enough to render (not submit) the pod.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+        "current-context: c\n"
+    )
+    env = {**airflow_env, "RECALL_KUBERNETES": "1", "KUBECONFIG": str(kubeconfig)}
+    res = subprocess.run([sys.executable, "-c", POD.format(folder=str(ROOT / "dags"))], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads(res.stdout.split("JSON", 1)[1])
+    assert info["operator"] == "KubernetesPodOperator"
+    assert info["up"] == ["training_set"] and info["down"] == ["evaluate"]  # same place in the graph
+    spec = info["pod"]["spec"]
+    (container,) = spec["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert container["command"] == ["recall"] and container["args"][:3] == ["pipeline", "step", "train"]
+    assert "train.device=cuda" in container["args"]
+    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "recall-runs"
+    assert container["volumeMounts"][0]["mountPath"] == "/opt/recall/runs"
+
+    # Switched off, the same DAG trains in-process.
+    off = {**env, "RECALL_KUBERNETES": "0"}
+    res = subprocess.run([sys.executable, "-c", POD.format(folder=str(ROOT / "dags"))], env=off,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode != 0 and "build_pod_request_obj" in res.stderr
 
 
 def _world(tmp_path, lift, seed):
@@ -103,24 +162,10 @@ def _world(tmp_path, lift, seed):
     return routing, conf
 
 
-def _dags_test(env, dag_id, conf):
-    t0 = time.perf_counter()
-    res = subprocess.run(
-        [AIRFLOW, "dags", "test", dag_id, "--conf", json.dumps(conf)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return res, time.perf_counter() - t0
-
-
 def test_ab_report_dag_promotes_a_real_win(airflow_env, tmp_path):
     routing, conf = _world(tmp_path, lift=0.04, seed=1)
-    res, _ = _dags_test(airflow_env, "recall_ab_report", conf)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0 and "state=success" in out, out[-3000:]
+    run = dags_test("recall_ab_report", conf, airflow_env, timeout_s=600)
+    assert run.ok, run.output[-3000:]
     assert yaml.safe_load(routing.read_text()) == {"default": "m-treatment", "experiments": []}
     (entry,) = read_audit(conf["audit_log"])
     assert entry["action"] == "promote" and entry["reason"] == "recall_ab_report auto-promotion"
@@ -130,7 +175,101 @@ def test_ab_report_dag_promotes_a_real_win(airflow_env, tmp_path):
 def test_ab_report_dag_holds_without_a_win(airflow_env, tmp_path):
     routing, conf = _world(tmp_path, lift=0.0, seed=2)
     before = routing.read_text()
-    res, _ = _dags_test(airflow_env, "recall_ab_report", conf)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0 and "held: no significant difference" in out, out[-3000:]
+    run = dags_test("recall_ab_report", conf, airflow_env, timeout_s=600)
+    assert run.ok and "held: no significant difference" in run.output, run.output[-3000:]
     assert routing.read_text() == before and read_audit(conf["audit_log"]) == []
+
+
+# --- the training loop through the real Airflow ------------------------------------------------------------
+SMALL = [
+    "data.synthetic.n_users=200",
+    "data.synthetic.n_items=100",
+    "data.synthetic.n_interactions=6000",
+    "train.epochs=8",
+    "train.progress=false",
+    "train.max_len=20",
+]
+
+
+def _placed(out):
+    return [f"out_dir={out}", f"features.dir={out}/features", f"registry={out}/registry", f"routing={out}/routing.yaml"]
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+@pytest.fixture(scope="module")
+def features_run(airflow_env, tmp_path_factory):
+    out = tmp_path_factory.mktemp("loop")
+    overrides = SMALL + _placed(out)
+    before = asset_events(airflow_env, FEATURES_URI)
+    run = dags_test("recall_features", {"overrides": overrides}, airflow_env, timeout_s=600)
+    return out, overrides, run, before
+
+
+def test_features_dag_validates_loads_feast_and_updates_the_asset(airflow_env, features_run):
+    out, _, run, before = features_run
+    assert run.ok, run.output[-4000:]
+    assert {t: v["state"] for t, v in run.tasks.items()} == dict.fromkeys(
+        ["ingest", "validate", "apply", "materialize"], "success"
+    )
+    assert json.loads((out / "features" / "validation.json").read_text())["success"]
+    assert (out / "features" / "online_store.db").exists()
+    assert asset_events(airflow_env, FEATURES_URI) == before + 1  # this is what schedules recall_training
+
+
+def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_the_gate(airflow_env, features_run):
+    out, overrides, features, _ = features_run
+    assert features.ok
+    run = dags_test("recall_training", {"overrides": overrides, "run_name": "ok", "bentoml_store": False},
+                    airflow_env, timeout_s=900)  # fmt: skip
+    assert run.ok, run.output[-4000:]
+    assert list(run.tasks) and all(v["state"] == "success" for v in run.tasks.values())
+    assert set(run.tasks) == set(TRAINING_GRAPH)
+    mv = Registry(out / "registry").get("recall-sasrec:v1")
+    assert mv.meta["stage"] == "candidate" and mv.meta["gate"]["passed"]
+    run_dir = out / "runs" / "ok"
+    assert (run_dir / "report.html").exists() and json.loads((run_dir / "registered.json").read_text())["tag"] == mv.tag
+
+    before = _tree(out / "registry")
+    bad = dags_test(
+        "recall_training",
+        {"overrides": [*overrides, "gate.floors={recall@20: 0.999}"], "run_name": "floor", "bentoml_store": False},
+        airflow_env,
+        timeout_s=900,
+    )
+    assert not bad.ok and bad.state == "failed"
+    states = {t: v["state"] for t, v in bad.tasks.items()}
+    assert states["training_set"] == states["train"] == states["evaluate"] == "success"
+    assert states["gate"] == "failed" and bad.tasks["gate"]["try_number"] == 1  # a verdict is not retried
+    assert all(states[t] == "upstream_failed" for t in ("export", "index", "register")), states
+    assert "floor recall@20" in bad.output and "< floor 0.9990" in bad.output
+    assert _tree(out / "registry") == before  # nothing exported, registered or promoted
+    verdict = json.loads((out / "runs" / "floor" / "gate.json").read_text())
+    assert not verdict["passed"] and not (out / "runs" / "floor" / "package").exists()
+
+
+def test_bad_data_stops_the_features_dag_at_validation(airflow_env, tmp_path):
+    from components.datasets import SyntheticConfig, generate_synthetic
+
+    inter = generate_synthetic(SyntheticConfig(n_users=50, n_items=40, n_interactions=1500)).interactions
+    inter = inter[["user_id", "item_id", "event_timestamp"]].copy()
+    inter.loc[len(inter)] = [1, 1, "2099-01-01T00:00:00Z"]  # an event from the future
+    inter.to_csv(tmp_path / "events.csv", index=False)
+    overrides = ["data.source=file", f"data.path={tmp_path / 'events.csv'}", *_placed(tmp_path), "train.max_len=20"]
+    before = asset_events(airflow_env, FEATURES_URI)
+    run = dags_test("recall_features", {"overrides": overrides}, airflow_env, timeout_s=600)
+    assert not run.ok
+    states = {t: v["state"] for t, v in run.tasks.items()}
+    assert states["ingest"] == "success" and states["validate"] == "failed", states
+    assert run.tasks["validate"]["try_number"] == 1  # bad data is not retried
+    assert states["apply"] == states["materialize"] == "upstream_failed"
+    # The failure names the expectation and quotes the offending row.
+    assert "expect_column_values_to_be_between(column='event_timestamp'" in run.output
+    assert "'event_timestamp': '2099-01-01T00:00:00+00:00'" in run.output
+    assert "column='rating'" not in run.output  # no ratings in this log: nothing to check, nothing failed
+    assert not (tmp_path / "features" / "registry.db").exists()  # Feast never saw the data
+    assert not (tmp_path / "features" / "online_store.db").exists()
+    assert asset_events(airflow_env, FEATURES_URI) == before  # so recall_training is never scheduled
+    assert not json.loads((tmp_path / "features" / "validation.json").read_text())["success"]

@@ -100,7 +100,7 @@ def test_training_refuses_data_that_did_not_pass_validation(world, tmp_path):
     saved = report.read_text()
     try:
         report.write_text(json.dumps({**json.loads(saved), "success": False}))
-        with pytest.raises(RuntimeError, match="failed validation"):
+        with pytest.raises(ValueError, match="failed validation"):
             pipeline.train(cfg, tmp_path / "run")
         report.unlink()
         with pytest.raises(FileNotFoundError, match="recall_features"):
