@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from components.cli import app
+from tests.small import LOOP, flags
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -63,10 +64,15 @@ def test_bad_settings_name_the_allowed_values():
     assert res.exit_code == 2 and "unknown setting 'trian'" in res.output
 
 
-def test_demo_runs_the_main_job(tmp_path):
-    res = runner.invoke(app, ["demo", "-s", f"out_dir={tmp_path}", *SMALL])
+def test_demo_runs_the_main_job_through_airflow(tmp_path):
+    res = runner.invoke(app, ["demo", "-s", f"out_dir={tmp_path}", *flags(LOOP)])
     assert res.exit_code == 0, res.output
+    assert "airflow dags test recall_features" in res.output and "airflow dags test recall_training" in res.output
+    assert (tmp_path / "airflow" / "airflow.db").exists()  # the real Airflow's metadata DB, set up on the fly
     assert "top-10 for user" in res.output and (tmp_path / "features" / "interactions.parquet").exists()
     assert (tmp_path / "features" / "validation.json").exists() and (tmp_path / "features" / "online_store.db").exists()
-    assert "recall-sasrec:v1" in res.output and (tmp_path / "registry" / "sasrec" / "v1" / "model.json").exists()
+    assert "gate passed" in res.output and "beats popularity on ndcg@10" in res.output
+    assert "recall-sasrec:v1 (candidate)" in res.output
+    assert (tmp_path / "registry" / "sasrec" / "v1" / "model.json").exists()
+    assert len(list((tmp_path / "runs").glob("*/report.html"))) == 1
     assert "POST /recall" in res.output and '"model": "recall-sasrec:v1"' in res.output  # the real service answered

@@ -12,6 +12,7 @@ import yaml
 from components.airflow_local import asset_events, dags_test, ensure_db, environment
 from components.promote import read_audit
 from components.registry import Registry
+from tests.small import LOOP, placed
 from tests.unit.test_ab import simulate
 
 pytestmark = pytest.mark.integration
@@ -181,20 +182,6 @@ def test_ab_report_dag_holds_without_a_win(airflow_env, tmp_path):
 
 
 # --- the training loop through the real Airflow ------------------------------------------------------------
-SMALL = [
-    "data.synthetic.n_users=200",
-    "data.synthetic.n_items=100",
-    "data.synthetic.n_interactions=6000",
-    "train.epochs=8",
-    "train.progress=false",
-    "train.max_len=20",
-]
-
-
-def _placed(out):
-    return [f"out_dir={out}", f"features.dir={out}/features", f"registry={out}/registry", f"routing={out}/routing.yaml"]
-
-
 def _tree(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
@@ -202,7 +189,7 @@ def _tree(root):
 @pytest.fixture(scope="module")
 def features_run(airflow_env, tmp_path_factory):
     out = tmp_path_factory.mktemp("loop")
-    overrides = SMALL + _placed(out)
+    overrides = LOOP + placed(out)
     before = asset_events(airflow_env, FEATURES_URI)
     run = dags_test("recall_features", {"overrides": overrides}, airflow_env, timeout_s=600)
     return out, overrides, run, before
@@ -257,7 +244,7 @@ def test_bad_data_stops_the_features_dag_at_validation(airflow_env, tmp_path):
     inter = inter[["user_id", "item_id", "event_timestamp"]].copy()
     inter.loc[len(inter)] = [1, 1, "2099-01-01T00:00:00Z"]  # an event from the future
     inter.to_csv(tmp_path / "events.csv", index=False)
-    overrides = ["data.source=file", f"data.path={tmp_path / 'events.csv'}", *_placed(tmp_path), "train.max_len=20"]
+    overrides = ["data.source=file", f"data.path={tmp_path / 'events.csv'}", *placed(tmp_path), "train.max_len=20"]
     before = asset_events(airflow_env, FEATURES_URI)
     run = dags_test("recall_features", {"overrides": overrides}, airflow_env, timeout_s=600)
     assert not run.ok

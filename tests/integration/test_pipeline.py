@@ -12,20 +12,10 @@ from components.cli import app
 from components.config import load_config
 from components.gate import GateFailed
 from components.registry import Registry
+from tests.small import LOOP, flags, placed
 
 pytestmark = pytest.mark.integration
-SETTINGS = [
-    "data.synthetic.n_users=200",
-    "data.synthetic.n_items=100",
-    "data.synthetic.n_interactions=6000",
-    "train.epochs=8",
-    "train.progress=false",
-    "train.max_len=20",
-]
-
-
-def placed(out):
-    return [f"out_dir={out}", f"features.dir={out}/features", f"registry={out}/registry", f"routing={out}/routing.yaml"]
+SETTINGS = LOOP
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +52,7 @@ def test_impossible_floor_fails_at_the_gate_and_changes_nothing(world):
     out, settings = world
     (out / "routing.yaml").write_text("default: recall-sasrec:v1\nexperiments: []\n")
     before, routing = snapshot(out / "registry"), (out / "routing.yaml").read_bytes()
-    args = [a for s in [*settings, "gate.floors={ndcg@10: 0.99}"] for a in ("-s", s)]
+    args = flags([*settings, "gate.floors={ndcg@10: 0.99}"])
     res = CliRunner().invoke(
         app,
         ["pipeline", "run", "-c", "configs/demo.yaml", *args, "--no-features", "--no-bentoml",

@@ -1,0 +1,20 @@
+"""The small synthetic world the pipeline, DAG and demo tests train in: big enough that SASRec beats
+popularity clearly after 8 epochs (so the gate's pass is not luck), small enough to train in seconds."""
+
+LOOP = [
+    "data.synthetic.n_users=200",
+    "data.synthetic.n_items=100",
+    "data.synthetic.n_interactions=6000",
+    "train.epochs=8",
+    "train.progress=false",
+    "train.max_len=20",
+]
+
+
+def placed(out) -> list[str]:
+    """Every path of a run under ``out``: outputs, feature store, registry, routing file."""
+    return [f"out_dir={out}", f"features.dir={out}/features", f"registry={out}/registry", f"routing={out}/routing.yaml"]
+
+
+def flags(settings: list[str]) -> list[str]:
+    return [a for s in settings for a in ("-s", s)]
