@@ -615,7 +615,7 @@ def demo(
         ):
             console.print(f"[bold]{n}. airflow dags test {dag_id}[/bold] (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
             run = dags_test(dag_id, {**conf, **extra}, env)
-            steps = ", ".join(f"{t} {v['duration_s'] or 0:.1f}s {'' if v['state'] == 'success' else v['state']}"
+            steps = ", ".join(f"{t} {v['duration_s'] or 0:.1f}s" + ("" if v["state"] == "success" else f" {v['state']}")
                               for t, v in run.tasks.items())  # fmt: skip
             console.print(f"   {run.state} in {run.seconds:.1f}s: {steps}")
             if not run.ok:
