@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -191,6 +192,9 @@ def run_pipeline(cfg: Any, steps: tuple[str, ...] = STEPS, service: str | None =
     if "ingest" in steps:
         res = timed("ingest", lambda: ingest(load_tables(cfg), cfg.features.dir, cfg.train.max_len))
         out["rows"].update(res.rows)
+        # Where the tables came from, so a training run asking for other data is refused, not fed these.
+        source = {"data": dataclasses.asdict(cfg.data), "fingerprint": res.fingerprint, "rows": res.rows}
+        (Path(cfg.features.dir) / "source.json").write_text(json.dumps(source, indent=2, default=str))
     if "validate" in steps:
         vcfg = dataclasses.replace(cfg.validation, max_len=cfg.train.max_len)
         rep = timed("validate", lambda: validate(cfg.features.dir, vcfg))

@@ -77,6 +77,17 @@ def _require_features(cfg: RunConfig) -> None:
     report = json.loads((d / "validation.json").read_text())
     if not report.get("success", False):
         raise ValueError(f"the data in {d} failed validation ({d / 'validation.json'}); fix it and re-run features")
+    source = d / "source.json"
+    if source.exists():
+        ingested = json.loads(source.read_text())["data"]
+        wanted = json.loads(json.dumps(dataclasses.asdict(cfg.data), default=str))
+        if ingested != wanted:
+            diff = sorted(k for k in set(ingested) | set(wanted) if ingested.get(k) != wanted.get(k))
+            raise ValueError(
+                f"{d} holds data ingested with other data settings ({', '.join('data.' + k for k in diff)}: "
+                f"{[ingested.get(k) for k in diff]} there, {[wanted.get(k) for k in diff]} asked for); "
+                "run recall_features with the same config and overrides first"
+            )
 
 
 def training_config(cfg: RunConfig, run_dir: str | Path) -> RunConfig:

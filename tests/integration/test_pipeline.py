@@ -97,4 +97,8 @@ def test_training_refuses_data_that_did_not_pass_validation(world, tmp_path):
             pipeline.training_set(cfg, tmp_path / "run")
     finally:
         report.write_text(saved)
+    # An operator asking the training DAG for other data than the feature store holds is refused.
+    other = load_config("configs/demo.yaml", [*settings, "data.synthetic.n_users=300"])
+    with pytest.raises(ValueError, match=r"data\.synthetic.*run recall_features with the same config"):
+        pipeline.train(other, tmp_path / "run")
     assert not (tmp_path / "run" / "model.pt").exists()
