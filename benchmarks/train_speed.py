@@ -17,15 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
 from components.config import load_config  # noqa: E402
 from components.train import prepare, seed_everything  # noqa: E402
-from models.data import build_batch, n_targets, training_examples  # noqa: E402
+from models.data import n_targets, training_examples  # noqa: E402
 from models.registry import build_model  # noqa: E402
 from models.trainer import MatchTrainer  # noqa: E402
 
@@ -35,28 +33,19 @@ YOUTUBE_DNN_BEFORE = ["model_params.user_params={dims: [128, 64]}", "train.num_n
 def setup(config: str, overrides: list[str], prepared):
     cfg = load_config(config, ["train.progress=false", *overrides])
     seed_everything(cfg.train.seed)
-    tables, enc, split = prepared
+    _, enc, split = prepared
     model = build_model(cfg.model, enc.schema, **cfg.model_params)
     trainer = MatchTrainer(model, cfg.train, enc.data, split)
-    users, pos = training_examples(enc.data, split, model.causal, cfg.train.max_len, model.train_context)
-    per_epoch = n_targets(split, model.causal, users, pos, cfg.train.max_len, model.train_context)
-    return cfg, model, trainer, users, pos, per_epoch, enc
+    L, ctx = cfg.train.max_len, model.train_context
+    users, pos = training_examples(enc.data, split, model.causal, L, ctx)
+    return trainer, users, pos, n_targets(split, model.causal, users, pos, L, ctx)
 
 
 def epoch(s) -> float:
-    cfg, model, trainer, users, pos, per_epoch, enc = s
-    model.train()
-    perm = torch.randperm(users.numel())
+    """Examples/s of one training epoch, timed as ``MatchTrainer.fit`` times it."""
+    trainer, users, pos, per_epoch = s
     t0 = time.perf_counter()
-    for start in range(0, perm.numel(), cfg.train.batch_size):
-        idx = perm[start : start + cfg.train.batch_size]
-        batch = build_batch(enc.data, users[idx], pos[idx], cfg.train.max_len, model.causal, model.train_context)
-        loss = trainer.loss(batch) + trainer.regularization()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        trainer.optimizer.step()
+    trainer.train_epoch(users, pos)
     return per_epoch / (time.perf_counter() - t0)
 
 

@@ -216,6 +216,42 @@ class MatchTrainer:
         return reg
 
     # --- loop ----------------------------------------------------------------------------------
+    def train_epoch(self, users: torch.Tensor, positions: torch.Tensor, epoch: int = 1) -> tuple[float, int]:
+        """One pass over the training examples (``training_examples``) in a fresh random order; returns
+        the summed loss and the number of steps. A non-finite loss stops training with an error."""
+        cfg, model = self.config, self.model
+        ctx = model.train_context
+        model.train()
+        perm = torch.randperm(users.numel(), generator=self.gen)
+        total, steps = 0.0, 0
+        bar = tqdm(
+            range(0, perm.numel(), cfg.batch_size),
+            desc=f"{model.name} epoch {epoch}",
+            disable=None if cfg.progress else True,
+            leave=False,
+        )
+        for start in bar:
+            idx = perm[start : start + cfg.batch_size]
+            batch = build_batch(self.data, users[idx], positions[idx], cfg.max_len, model.causal, ctx)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = self.loss(batch).float() + self.regularization()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} at epoch {epoch}, step {steps}; "
+                    f"lower the learning rate (now {cfg.lr}) or raise the temperature (now {model.temperature})"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            total += loss.item()
+            steps += 1
+            if steps % 20 == 0:
+                bar.set_postfix(loss=f"{total / steps:.4f}")
+        return total, steps
+
     def fit(self, out_dir: str | Path | None = None, extra: dict | None = None) -> TrainResult:
         cfg, model = self.config, self.model
         ctx = model.train_context
@@ -226,36 +262,8 @@ class MatchTrainer:
         best_score, best_epoch, best_state, bad = float("-inf"), 0, None, 0
         result = TrainResult(best_epoch=0, best_score=float("nan"), val_metrics={})
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            perm = torch.randperm(users.numel(), generator=self.gen)
             t0 = time.perf_counter()
-            total, steps = 0.0, 0
-            bar = tqdm(
-                range(0, perm.numel(), cfg.batch_size),
-                desc=f"{model.name} epoch {epoch}",
-                disable=None if cfg.progress else True,
-                leave=False,
-            )
-            for start in bar:
-                idx = perm[start : start + cfg.batch_size]
-                batch = build_batch(self.data, users[idx], positions[idx], cfg.max_len, model.causal, ctx)
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    loss = self.loss(batch).float() + self.regularization()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training loss became {loss.item()} at epoch {epoch}, step {steps}; "
-                        f"lower the learning rate (now {cfg.lr}) or raise the temperature (now {model.temperature})"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                total += loss.item()
-                steps += 1
-                if steps % 20 == 0:
-                    bar.set_postfix(loss=f"{total / steps:.4f}")
+            total, steps = self.train_epoch(users, positions, epoch)
             result.train_seconds += time.perf_counter() - t0
             result.examples += per_epoch
             val = evaluate_model(model, self.data, self.split, "val", cfg.max_len, ks=(10, 20, 50, 100))
