@@ -34,10 +34,10 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     env = environment(work / "airflow")
     overrides = ["data.source=ml100k", "train.progress=false", f"out_dir={work}", f"features.dir={work}/features",
-                 f"registry={work}/registry", f"routing={work}/routing.yaml"]  # fmt: skip
+                 f"registry={work}/registry", f"routing={work}/routing.yaml", "bentoml_store=false"]  # fmt: skip
     conf = {"config": f"configs/{args.model}.yaml", "overrides": overrides}
     runs = {}
-    for dag_id, extra in (("recall_features", {}), ("recall_training", {"run_name": "bench", "bentoml_store": False})):
+    for dag_id, extra in (("recall_features", {}), ("recall_training", {"run_name": "bench"})):
         print(f"airflow dags test {dag_id} …", flush=True)
         run = dags_test(dag_id, {**conf, **extra}, env, timeout_s=1800)
         if not run.ok:

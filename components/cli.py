@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -51,6 +52,18 @@ console = Console(width=max(130, shutil.get_terminal_size().columns))
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config (see configs/).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a setting: key=value, e.g. train.epochs=5 (repeatable).")
+
+
+@contextmanager
+def _refusals():
+    """A promotion rule said no: print why and exit 1."""
+    from .promote import PromotionRefused
+
+    try:
+        yield
+    except PromotionRefused as e:
+        console.print(f"[red]refused:[/red] {e}")
+        raise typer.Exit(1) from None
 
 
 def _config(config: Path | None, overrides: list[str] | None):
@@ -351,13 +364,10 @@ def ab_start(
     registry: Path = RegistryOpt,
 ) -> None:
     """Start an experiment: the current default (control) against a challenger."""
-    from .promote import PromotionRefused, start
+    from .promote import start
 
-    try:
+    with _refusals():
         new = start(routing, challenger, weight, audit_log, _registry(registry), name, reason)
-    except PromotionRefused as e:
-        console.print(f"[red]refused:[/red] {e}")
-        raise typer.Exit(1) from None
     console.print(f"started {new.experiments[-1].name}: {new.default} vs {challenger} at {weight}% → {routing}")
 
 
@@ -375,7 +385,6 @@ def promote(
 ) -> None:
     """Make a variant's model the default and end the experiment, if its report shows a significant win
     with no guardrail breach (or --force with a reason)."""
-    from .promote import PromotionRefused
     from .promote import promote as do_promote
 
     rep = None
@@ -385,11 +394,8 @@ def promote(
         if not force:
             console.print(f"[red]refused:[/red] no report: {e}")
             raise typer.Exit(1) from None
-    try:
+    with _refusals():
         new = do_promote(routing, experiment, variant, rep, audit_log, force, reason)
-    except PromotionRefused as e:
-        console.print(f"[red]refused:[/red] {e}")
-        raise typer.Exit(1) from None
     console.print(f"promoted: default is now {new.default}; experiment {experiment} ended → {routing}")
 
 
@@ -400,14 +406,10 @@ def rollback(
     audit_log: Path = AuditOpt,
 ) -> None:
     """Restore the default that the last promotion replaced."""
-    from .promote import PromotionRefused
     from .promote import rollback as do_rollback
 
-    try:
+    with _refusals():
         new = do_rollback(routing, audit_log, reason)
-    except PromotionRefused as e:
-        console.print(f"[red]refused:[/red] {e}")
-        raise typer.Exit(1) from None
     console.print(f"rolled back: default is now {new.default} → {routing}")
 
 
@@ -428,21 +430,24 @@ def pipeline_run(
     model: str = typer.Option(None, help="Model to train (default: the config's)."),
     run_dir: Path = typer.Option(None, help="Run directory (default: <out_dir>/runs/<model>-<time>)."),
     features: bool = typer.Option(True, "--features/--no-features", help="Run ingest/validate/apply/materialize."),
-    bentoml_store: bool = typer.Option(True, "--bentoml/--no-bentoml", help="Also save to the BentoML store."),
+    bentoml_store: bool = typer.Option(
+        None, "--bentoml/--no-bentoml", help="Also save to the BentoML store (default: the config's bentoml_store)."
+    ),
 ) -> None:
     """features → training set → train → evaluate → gate → export → index → register, no orchestrator."""
     from . import pipeline
     from .gate import GateFailed
     from .validate import DataValidationError
 
-    cfg = _pipeline_config(config, overrides, model)
+    store = [] if bentoml_store is None else [f"bentoml_store={str(bentoml_store).lower()}"]
+    cfg = _pipeline_config(config, [*(overrides or []), *store], model)
 
     def show(name: str, out: dict, secs: float) -> None:
         brief = {k: v for k, v in out.items() if k not in ("checks", "rows", "seconds", "test")}
         console.print(f"[bold]{name}[/bold] {secs:.1f}s {json.dumps(brief, default=str)[:200]}")
 
     try:
-        out = pipeline.run(cfg, run_dir, with_features=features, to_bentoml=bentoml_store, on_step=show)
+        out = pipeline.run(cfg, run_dir, with_features=features, on_step=show)
     except DataValidationError as e:
         console.print(f"[red]validation failed; nothing was trained:[/red]\n{e}")
         raise typer.Exit(1) from None
@@ -601,7 +606,7 @@ def demo(
     cfg = _config(config, overrides)
     out_dir = Path(cfg.out_dir)
     placed = [f"features.dir={out_dir / 'features'}", f"registry={out_dir / 'registry'}",
-              f"routing={out_dir / 'routing.yaml'}"]  # fmt: skip
+              f"routing={out_dir / 'routing.yaml'}", "bentoml_store=false"]  # fmt: skip
     cfg = _config(config, [*(overrides or []), *placed])
     run_name = f"{cfg.model}-{time.strftime('%Y%m%dT%H%M%S')}"
     run_dir = pipeline.new_run_dir(cfg, run_name)
@@ -611,7 +616,7 @@ def demo(
         env = environment(out_dir / "airflow")
         conf = {"config": str(config), "overrides": [*(overrides or []), *placed]}
         for n, (dag_id, extra) in enumerate(
-            [("recall_features", {}), ("recall_training", {"run_name": run_name, "bentoml_store": False})], 1
+            [("recall_features", {}), ("recall_training", {"run_name": run_name})], 1
         ):
             console.print(f"[bold]{n}. airflow dags test {dag_id}[/bold] (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
             run = dags_test(dag_id, {**conf, **extra}, env)
@@ -626,8 +631,7 @@ def demo(
     else:
         console.print("[bold]1-2. recall pipeline run[/bold] (no Airflow)")
         try:
-            pipeline.run(cfg, run_dir, to_bentoml=False,
-                         on_step=lambda name, _, secs: console.print(f"   {name} {secs:.1f}s"))  # fmt: skip
+            pipeline.run(cfg, run_dir, on_step=lambda name, _, secs: console.print(f"   {name} {secs:.1f}s"))
         except Exception as e:  # the gate's or validation's message says what failed
             console.print(f"[red]pipeline failed:[/red] {e}")
             raise typer.Exit(1) from None

@@ -57,6 +57,7 @@ class RunConfig:
     kubernetes: KubernetesConfig = KubernetesConfig()
     registry: str | None = None  # the model registry root (None: $RECALL_REGISTRY or runs/registry)
     routing: str = "serving/routing.yaml"  # what is served; its default is "production" for the gate
+    bentoml_store: bool = True  # the register step also saves each version to the BentoML model store
 
     def __post_init__(self) -> None:
         get_model_class(self.model)  # fails early with the list of models

@@ -52,9 +52,12 @@ def _metric(metrics: dict[str, float], name: str, where: str) -> float:
     return float(metrics[name])
 
 
-def _check(name: str, ok: bool, value: float | None, threshold: float | None, detail: str) -> dict[str, Any]:
-    return {"name": name, "status": "passed" if ok else "failed", "value": value, "threshold": threshold,
-            "detail": detail}  # fmt: skip
+def _check(
+    name: str, ok: bool | None, detail: str, value: float | None = None, threshold: float | None = None
+) -> dict[str, Any]:
+    """One check; ``ok=None`` means it could not be made (skipped, with the reason in ``detail``)."""
+    status = "skipped" if ok is None else "passed" if ok else "failed"
+    return {"name": name, "status": status, "value": value, "threshold": threshold, "detail": detail}
 
 
 def evaluate_gate(
@@ -70,25 +73,23 @@ def evaluate_gate(
     for name, floor in sorted(cfg.floors.items()):
         v = _metric(candidate, name, "candidate")
         rel = "≥" if v >= floor else "<"
-        checks.append(_check(f"floor {name}", v >= floor, v, floor, f"{v:.4f} {rel} floor {floor:.4f}"))
+        checks.append(_check(f"floor {name}", v >= floor, f"{v:.4f} {rel} floor {floor:.4f}", v, floor))
     for name in cfg.beat_popularity:
         v, p = _metric(candidate, name, "candidate"), _metric(popularity, name, "popularity")
-        checks.append(_check(f"beats popularity on {name}", v > p, v, p, f"{v:.4f} vs popularity {p:.4f}"))
+        checks.append(_check(f"beats popularity on {name}", v > p, f"{v:.4f} vs popularity {p:.4f}", v, p))
     if production is None:
-        checks.append({"name": "no regression vs production", "status": "skipped", "value": None, "threshold": None,
-                       "detail": "nothing in production yet"})  # fmt: skip
+        checks.append(_check("no regression vs production", None, "nothing in production yet"))
     elif production.get("dataset_fingerprint") != candidate_fingerprint or not production.get("metrics"):
         why = (f"{production['tag']} was measured on other data "
                f"({production.get('dataset_fingerprint')} vs {candidate_fingerprint}); not comparable")  # fmt: skip
-        checks.append({"name": f"no regression vs {production['tag']}", "status": "skipped", "value": None,
-                       "threshold": None, "detail": why})  # fmt: skip
+        checks.append(_check(f"no regression vs {production['tag']}", None, why))
     else:
         for name in cfg.regression_metrics:
             v, p = _metric(candidate, name, "candidate"), _metric(production["metrics"], name, production["tag"])
             bar = p * (1 - cfg.max_regression)
             checks.append(
-                _check(f"no regression vs {production['tag']} on {name}", v >= bar, v, bar,
-                       f"{v:.4f} vs production {p:.4f} (allowed down to {bar:.4f}, −{cfg.max_regression:.0%})")
+                _check(f"no regression vs {production['tag']} on {name}", v >= bar,
+                       f"{v:.4f} vs production {p:.4f} (allowed down to {bar:.4f}, −{cfg.max_regression:.0%})", v, bar)
             )  # fmt: skip
     passed = all(c["status"] != "failed" for c in checks)
     return {

@@ -197,13 +197,13 @@ def index(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     return {k: out["report"][k] for k in ("kind", "n_items", "k", "recall_at_k")}
 
 
-def register(cfg: RunConfig, run_dir: str | Path, to_bentoml: bool = True) -> dict[str, Any]:
+def register(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     """Registers the gated, exported, indexed run as a *candidate* version (routing untouched)."""
     from .register import publish_run
     from .registry import Registry
 
     verdict = _passed_gate(Path(run_dir))
-    mv = publish_run(run_dir, Registry(cfg.registry), gate=verdict, to_bentoml=to_bentoml)
+    mv = publish_run(run_dir, Registry(cfg.registry), gate=verdict, to_bentoml=cfg.bentoml_store)
     out = {"tag": mv.tag, "path": str(mv.path), "stage": mv.meta["stage"]}
     _write(run_dir, "registered.json", out)
     return out
@@ -219,7 +219,6 @@ def run(
     cfg: RunConfig,
     run_dir: str | Path | None = None,
     with_features: bool = True,
-    to_bentoml: bool = True,
     on_step: Callable[[str, dict[str, Any], float], None] | None = None,
 ) -> dict[str, Any]:
     """Every step in order without an orchestrator (``recall pipeline run``); stops at the first failure.
@@ -239,11 +238,7 @@ def run(
     if with_features:
         step("features", lambda: features(cfg))
     for name in TRAINING_STEPS:
-        fn = STEP_FUNCTIONS[name]
-        if name == "register":
-            step(name, lambda: register(cfg, run_dir, to_bentoml))
-        else:
-            step(name, lambda fn=fn: fn(cfg, run_dir))
+        step(name, lambda fn=STEP_FUNCTIONS[name]: fn(cfg, run_dir))
     return {"run_dir": str(run_dir), "steps": steps, "seconds": seconds}
 
 

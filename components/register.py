@@ -46,25 +46,30 @@ def onnx_user_vectors(path: Path, data, users: torch.Tensor, max_len: int, batch
 PACKAGE = "package"  # a run's staged version files, before they are copied into the registry
 
 
-def export_run(run_dir: str | Path) -> dict[str, Any]:
+def export_run(run_dir: str | Path, loaded: tuple | None = None) -> dict[str, Any]:
     """Export step: both towers of the run to ONNX (parity-checked), vocab and feature spec, staged in
-    ``run_dir/package``. Returns the export record."""
+    ``run_dir/package``. Returns the export record. ``loaded``: :func:`load_run`'s result, if at hand."""
     run_dir = Path(run_dir)
-    model, config, cfg, (tables, enc, split) = _load_run(run_dir)
+    model, config, cfg, (tables, enc, split) = loaded or load_run(run_dir)
     pkg = _fresh(run_dir / PACKAGE)
     record = ex.export(model, enc, cfg.train.max_len, pkg)
     (run_dir / "export.json").write_text(json.dumps(record, indent=2, default=str))
     return record
 
 
-def index_run(run_dir: str | Path, index_cfg: idx.IndexConfig | None = None, recall_queries: int = 1000) -> dict:
+def index_run(
+    run_dir: str | Path,
+    index_cfg: idx.IndexConfig | None = None,
+    recall_queries: int = 1000,
+    loaded: tuple | None = None,
+) -> dict:
     """Index step: item vectors from the exported item tower → Faiss index (ANN recall@100 measured
     against exact search on real user vectors), id map and popularity fallback, next to the export."""
     run_dir = Path(run_dir)
     pkg = run_dir / PACKAGE
     if not (pkg / "item_tower.onnx").exists():
         raise FileNotFoundError(f"{pkg} has no exported towers; run the export step first")
-    model, config, cfg, (tables, enc, split) = _load_run(run_dir)
+    model, config, cfg, (tables, enc, split) = loaded or load_run(run_dir)
     index_cfg = index_cfg or cfg.index
     L = cfg.train.max_len
     items = onnx_item_vectors(pkg / "item_tower.onnx", enc.data)
@@ -142,8 +147,9 @@ def register_run(
 ) -> ModelVersion:
     """Export → index → register in one call (the pipeline runs them as separate steps).
     ``index_cfg`` defaults to the run config's ``index`` section."""
-    export_run(run_dir)
-    index_run(run_dir, index_cfg, recall_queries)
+    loaded = load_run(Path(run_dir))  # the checkpoint and the data, read once for both steps
+    export_run(run_dir, loaded)
+    index_run(run_dir, index_cfg, recall_queries, loaded)
     return publish_run(run_dir, registry, gate, version, to_bentoml=to_bentoml)
 
 
@@ -153,7 +159,9 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def _load_run(run_dir: Path):
+def load_run(run_dir: Path):
+    """(model, checkpoint config, run config, (tables, encoded, split)) of a trained run; refuses if its
+    data changed since training."""
     model, config = load_checkpoint(run_dir)
     if "run" not in config:
         raise ValueError(f"{run_dir}/config.json has no 'run' section; was it written by `recall train`?")

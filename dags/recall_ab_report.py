@@ -14,10 +14,9 @@ Params (defaults from the environment): `experiment`, `response_log`, `feedback`
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Param, dag, task
+from recall_common import dag_defaults
 
 
 def _env(name: str, default: str) -> str:
@@ -27,12 +26,9 @@ def _env(name: str, default: str) -> str:
 @dag(
     dag_id="recall_ab_report",
     schedule="@daily",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["recall", "ab"],
     doc_md=__doc__,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
+    **dag_defaults(retries=2, retry_delay_min=5),
     params={
         "experiment": Param(_env("RECALL_EXPERIMENT", ""), type="string", description="experiment name"),
         "response_log": Param(_env("RECALL_RESPONSE_LOG", "runs/serving/responses.jsonl"), type="string"),

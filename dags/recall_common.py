@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import pendulum
 
 ROOT = Path(os.environ.get("RECALL_HOME", Path(__file__).resolve().parents[1]))
 DEFAULT_CONFIG = os.environ.get("RECALL_CONFIG", "configs/demo.yaml")
 FEATURES_ASSET_URI = os.environ.get("RECALL_FEATURES_ASSET", "file:///recall/features")
+
+
+def dag_defaults(retries: int, retry_delay_min: int) -> dict[str, Any]:
+    """What every recall DAG shares: no backfill, one run at a time, retries for its tasks."""
+    return {
+        "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": {"retries": retries, "retry_delay": timedelta(minutes=retry_delay_min)},
+    }
 
 
 def raw_config(path: str = DEFAULT_CONFIG) -> dict[str, Any]:

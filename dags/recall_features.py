@@ -14,13 +14,11 @@ Params: `config` (a run config under `configs/`, default `$RECALL_CONFIG` or `co
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-import pendulum
 from airflow.sdk import Asset, Param, dag, task
-from recall_common import DEFAULT_CONFIG, FEATURES_ASSET_URI, project
+from recall_common import DEFAULT_CONFIG, FEATURES_ASSET_URI, dag_defaults, project
 
 FEATURES = Asset(FEATURES_ASSET_URI, group="recall")
+STEPS = ("ingest", "validate", "apply", "materialize")  # components.pipeline.FEATURE_STEPS (not imported: torch)
 PARAMS = {
     "config": Param(DEFAULT_CONFIG, type="string", description="run config (YAML), relative to the project"),
     "overrides": Param([], type="array", items={"type": "string"}, description="key=value settings"),
@@ -30,16 +28,14 @@ PARAMS = {
 @dag(
     dag_id="recall_features",
     schedule="@daily",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["recall", "features"],
     doc_md=__doc__,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
     params=PARAMS,
+    **dag_defaults(retries=2, retry_delay_min=5),
 )
 def recall_features():
-    def step(name: str, params: dict) -> dict:
+    @task
+    def step(previous: dict | None, name: str, params: dict | None = None) -> dict:
         from components import pipeline
 
         with project(params) as cfg:
@@ -47,23 +43,10 @@ def recall_features():
         print(f"{name}: {out['seconds'][name]:.1f}s {out.get('rows', {})}")
         return {"dir": out["dir"], "seconds": out["seconds"][name], "rows": out.get("rows", {})}
 
-    @task
-    def ingest(params: dict | None = None) -> dict:
-        return step("ingest", params)
-
-    @task
-    def validate(ingested: dict, params: dict | None = None) -> dict:
-        return step("validate", params)
-
-    @task
-    def apply(validated: dict, params: dict | None = None) -> dict:
-        return step("apply", params)
-
-    @task(outlets=[FEATURES])
-    def materialize(applied: dict, params: dict | None = None) -> dict:
-        return step("materialize", params)
-
-    materialize(apply(validate(ingest())))
+    previous = None
+    for name in STEPS:  # the last one updates the Asset that schedules recall_training
+        outlets = [FEATURES] if name == "materialize" else []
+        previous = step.override(task_id=name, outlets=outlets)(previous, name)
 
 
 recall_features()

@@ -16,17 +16,14 @@ The train task runs in-process (CUDA when present). With `kubernetes.enabled: tr
 running the same entry point, `recall pipeline step train`.
 
 Params: `config` (default `$RECALL_CONFIG` or `configs/demo.yaml`), `model` (empty: the config's),
-`overrides` (`key=value` settings, e.g. `train.epochs=30`), `run_name` (empty: from the DAG run id),
-`bentoml_store` (also save the version to the BentoML model store).
+`overrides` (`key=value` settings, e.g. `train.epochs=30`; `bentoml_store=false` keeps the version out
+of the BentoML model store), `run_name` (empty: from the DAG run id).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-import pendulum
 from airflow.sdk import Asset, Param, dag, task
-from recall_common import DEFAULT_CONFIG, FEATURES_ASSET_URI, kubernetes_settings, project
+from recall_common import DEFAULT_CONFIG, FEATURES_ASSET_URI, dag_defaults, kubernetes_settings, project
 
 FEATURES = Asset(FEATURES_ASSET_URI, group="recall")
 K8S = kubernetes_settings()
@@ -76,32 +73,17 @@ def train_pod(k8s):
 @dag(
     dag_id="recall_training",
     schedule=[FEATURES],
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["recall", "training"],
     doc_md=__doc__,
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
     params={
         "config": Param(DEFAULT_CONFIG, type="string", description="run config (YAML), relative to the project"),
         "model": Param("", type="string", description="model to train (empty: the config's)"),
         "overrides": Param([], type="array", items={"type": "string"}, description="key=value settings"),
         "run_name": Param("", type="string", description="run directory name (empty: from the run id)"),
-        "bentoml_store": Param(True, type="boolean", description="also save the version to the BentoML store"),
     },
+    **dag_defaults(retries=1, retry_delay_min=2),
 )
 def recall_training():
-    def step(name: str, params: dict, run: dict) -> dict:
-        from components import pipeline
-
-        with project(params) as cfg:
-            if name == "register":
-                out = pipeline.register(cfg, run["run_dir"], to_bentoml=params["bentoml_store"])
-            else:
-                out = pipeline.STEP_FUNCTIONS[name](cfg, run["run_dir"])
-        print(f"{name}: {out}")
-        return {"run_dir": run["run_dir"], **out}
-
     @task
     def training_set(params: dict | None = None, run_id: str | None = None) -> dict:
         from components import pipeline
@@ -113,38 +95,26 @@ def recall_training():
         return {"run_dir": str(run_dir), **out}
 
     @task
-    def train(run: dict, params: dict | None = None) -> dict:
-        return step("train", params, run)
+    def step(run: dict, name: str, params: dict | None = None) -> dict:
+        from components import pipeline
 
-    @task
-    def evaluate(run: dict, params: dict | None = None) -> dict:
-        return step("evaluate", params, run)
+        with project(params) as cfg:
+            out = pipeline.STEP_FUNCTIONS[name](cfg, run["run_dir"])
+        print(f"{name}: {out}")
+        return {"run_dir": run["run_dir"], **out}
 
-    @task
-    def gate(run: dict, params: dict | None = None) -> dict:
-        return step("gate", params, run)
-
-    @task
-    def export(run: dict, params: dict | None = None) -> dict:
-        return step("export", params, run)
-
-    @task
-    def index(run: dict, params: dict | None = None) -> dict:
-        return step("index", params, run)
-
-    @task
-    def register(run: dict, params: dict | None = None) -> dict:
-        return step("register", params, run)
-
-    ts = training_set()
+    run = training_set()
+    pod = None
     if K8S.enabled:
-        trained = train_pod(K8S)
-        ts >> trained
-        ev = evaluate(ts)
-        trained >> ev
+        pod = train_pod(K8S)  # reads the run directory from training_set's XCom; writes to the shared volume
+        run >> pod
     else:
-        ev = evaluate(train(ts))
-    register(index(export(gate(ev))))
+        run = step.override(task_id="train")(run, "train")
+    for name in ("evaluate", "gate", "export", "index", "register"):
+        following = step.override(task_id=name)(run, name)
+        if pod is not None and name == "evaluate":
+            pod >> following
+        run = following
 
 
 recall_training()

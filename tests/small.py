@@ -8,6 +8,7 @@ LOOP = [
     "train.epochs=8",
     "train.progress=false",
     "train.max_len=20",
+    "bentoml_store=false",  # keep test versions out of the user's BentoML model store
 ]
 
 

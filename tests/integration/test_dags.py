@@ -209,7 +209,7 @@ def test_features_dag_validates_loads_feast_and_updates_the_asset(airflow_env, f
 def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_the_gate(airflow_env, features_run):
     out, overrides, features, _ = features_run
     assert features.ok
-    run = dags_test("recall_training", {"overrides": overrides, "run_name": "ok", "bentoml_store": False},
+    run = dags_test("recall_training", {"overrides": overrides, "run_name": "ok"},
                     airflow_env, timeout_s=900)  # fmt: skip
     assert run.ok, run.output[-4000:]
     assert list(run.tasks) and all(v["state"] == "success" for v in run.tasks.values())
@@ -222,7 +222,7 @@ def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_th
     before = _tree(out / "registry")
     bad = dags_test(
         "recall_training",
-        {"overrides": [*overrides, "gate.floors={recall@20: 0.999}"], "run_name": "floor", "bentoml_store": False},
+        {"overrides": [*overrides, "gate.floors={recall@20: 0.999}"], "run_name": "floor"},
         airflow_env,
         timeout_s=900,
     )

@@ -34,7 +34,7 @@ def snapshot(root):
 def test_run_registers_a_gated_candidate_with_report_and_leaves_routing_alone(world):
     out, settings = world
     cfg = load_config("configs/demo.yaml", settings)
-    res = pipeline.run(cfg, out / "runs" / "first", with_features=False, to_bentoml=False)
+    res = pipeline.run(cfg, out / "runs" / "first", with_features=False)
     assert list(res["seconds"]) == list(pipeline.TRAINING_STEPS)
     run_dir = out / "runs" / "first"
     mv = Registry(out / "registry").get("sasrec")
@@ -76,7 +76,7 @@ def test_regression_against_production_fails_the_gate(world):
     before = snapshot(out / "registry")
     cfg = load_config("configs/demo.yaml", [*settings, "train.epochs=1", "gate.max_regression=0.0"])
     with pytest.raises(GateFailed) as e:
-        pipeline.run(cfg, out / "runs" / "weaker", with_features=False, to_bentoml=False)
+        pipeline.run(cfg, out / "runs" / "weaker", with_features=False)
     failed = [c["name"] for c in e.value.verdict["checks"] if c["status"] == "failed"]
     assert any(name.startswith("no regression vs recall-sasrec:v1") for name in failed), failed
     assert "no regression vs recall-sasrec:v1" in str(e.value)
