@@ -5,9 +5,12 @@ Three kinds of check on the candidate's metrics (test split by default, seen ite
 - **floors**: absolute minimums from config, e.g. ``{"ndcg@10": 0.05}``;
 - **popularity**: it must beat the popularity baseline on the same split on each listed metric;
 - **production**: no regression beyond ``max_regression`` (relative) against the model the routing
-  file serves by default, on Recall@K / NDCG@K / MRR@K. Production numbers are only comparable on the
-  same data, so this check compares when the dataset fingerprints match and otherwise records why it
-  could not (``skipped``, never a silent pass).
+  file serves by default, on Recall@K / NDCG@K / MRR@K. Both are scored on the *candidate's* evaluation
+  events (:mod:`components.compare`: production through its registered towers and index), so the
+  comparison holds on every day's new data; with nothing in production it is ``skipped`` with the reason;
+- **slices**: the same regression check per slice (``user=new``, ``history=1-4``, ``item=tail``, …)
+  for the slices given a limit in ``slice_limits`` (``"*"``: every slice); a slice with fewer than
+  ``min_slice_rows`` evaluated rows is too noisy to judge and is ``skipped``, saying so.
 
 The verdict is a plain dict (stored as ``gate.json`` with the run and in the version's model.json);
 :func:`enforce` raises :class:`GateFailed` listing every failed check.
@@ -26,12 +29,17 @@ class GateConfig:
     beat_popularity: tuple[str, ...] = ("recall@20", "ndcg@10")
     regression_metrics: tuple[str, ...] = ("recall@20", "ndcg@10", "mrr@10")
     max_regression: float = 0.02  # allowed relative drop vs production (0.02 = 2 %)
+    slice_limits: dict[str, float] = field(default_factory=dict)  # slice (or "*") → allowed relative drop
+    min_slice_rows: int = 30  # a slice judged on fewer evaluated rows is skipped
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "val"):
             raise ValueError(f"gate.split must be test or val, got {self.split!r}")
-        if not 0 <= self.max_regression < 1:
-            raise ValueError(f"gate.max_regression is a fraction in [0, 1), got {self.max_regression}")
+        for name, limit in {"max_regression": self.max_regression, **self.slice_limits}.items():
+            if not isinstance(limit, int | float) or not 0 <= limit < 1:
+                raise ValueError(f"gate regression limit {name!r} is a fraction in [0, 1), got {limit!r}")
+        if int(self.min_slice_rows) < 1:
+            raise ValueError(f"gate.min_slice_rows must be ≥ 1, got {self.min_slice_rows}")
         object.__setattr__(self, "beat_popularity", tuple(self.beat_popularity))
         object.__setattr__(self, "regression_metrics", tuple(self.regression_metrics))
 
@@ -60,15 +68,23 @@ def _check(
     return {"name": name, "status": status, "value": value, "threshold": threshold, "detail": detail}
 
 
+def _regression(name: str, v: float, p: float, limit: float, tag: str, where: str = "") -> dict[str, Any]:
+    bar = p * (1 - limit)
+    return _check(f"no regression vs {tag} on {name}{where}", v >= bar,
+                  f"{v:.4f} vs production {p:.4f} (allowed down to {bar:.4f}, −{limit:.0%})", v, bar)  # fmt: skip
+
+
 def evaluate_gate(
     candidate: dict[str, float],
     popularity: dict[str, float],
     cfg: GateConfig,
     production: dict[str, Any] | None = None,
-    candidate_fingerprint: str | None = None,
+    slices: dict[str, dict[str, Any]] | None = None,
+    no_production: str = "nothing in production yet",
 ) -> dict[str, Any]:
-    """All checks and the verdict. ``production``: ``{"tag", "metrics", "dataset_fingerprint"}`` of the
-    version served by default, or None when nothing is in production yet."""
+    """All checks and the verdict. ``production``: ``{"tag", "metrics"}``, the version served by default
+    scored on the candidate's split, or None (``no_production`` says why). ``slices``: name →
+    ``{"rows", "candidate", "production", …}`` on the same split (:func:`components.compare.sliced`)."""
     checks: list[dict[str, Any]] = []
     for name, floor in sorted(cfg.floors.items()):
         v = _metric(candidate, name, "candidate")
@@ -78,19 +94,13 @@ def evaluate_gate(
         v, p = _metric(candidate, name, "candidate"), _metric(popularity, name, "popularity")
         checks.append(_check(f"beats popularity on {name}", v > p, f"{v:.4f} vs popularity {p:.4f}", v, p))
     if production is None:
-        checks.append(_check("no regression vs production", None, "nothing in production yet"))
-    elif production.get("dataset_fingerprint") != candidate_fingerprint or not production.get("metrics"):
-        why = (f"{production['tag']} was measured on other data "
-               f"({production.get('dataset_fingerprint')} vs {candidate_fingerprint}); not comparable")  # fmt: skip
-        checks.append(_check(f"no regression vs {production['tag']}", None, why))
+        checks.append(_check("no regression vs production", None, no_production))
     else:
+        tag = production["tag"]
         for name in cfg.regression_metrics:
-            v, p = _metric(candidate, name, "candidate"), _metric(production["metrics"], name, production["tag"])
-            bar = p * (1 - cfg.max_regression)
-            checks.append(
-                _check(f"no regression vs {production['tag']} on {name}", v >= bar,
-                       f"{v:.4f} vs production {p:.4f} (allowed down to {bar:.4f}, −{cfg.max_regression:.0%})", v, bar)
-            )  # fmt: skip
+            v, p = _metric(candidate, name, "candidate"), _metric(production["metrics"], name, tag)
+            checks.append(_regression(name, v, p, cfg.max_regression, tag))
+        checks += _slice_checks(cfg, tag, slices or {})
     passed = all(c["status"] != "failed" for c in checks)
     return {
         "passed": passed,
@@ -99,9 +109,32 @@ def evaluate_gate(
         "candidate": candidate,
         "popularity": popularity,
         "production": production,
+        "slices": slices,
         "config": {**cfg.__dict__, "beat_popularity": list(cfg.beat_popularity),
                    "regression_metrics": list(cfg.regression_metrics)},  # fmt: skip
     }
+
+
+def _slice_checks(cfg: GateConfig, tag: str, slices: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    unknown = sorted(set(cfg.slice_limits) - set(slices) - {"*"})
+    if unknown:
+        raise ValueError(f"gate.slice_limits names unknown slices {unknown}; this run has: {', '.join(slices)}")
+    checks = []
+    for sl, entry in slices.items():
+        limit = cfg.slice_limits.get(sl, cfg.slice_limits.get("*"))
+        if limit is None or "production" not in entry:
+            continue
+        for name in cfg.regression_metrics:
+            where = f" [{sl}]"
+            if entry["rows"] < cfg.min_slice_rows:
+                why = (f"slice {sl} has {entry['rows']} rows (< gate.min_slice_rows {cfg.min_slice_rows}): "
+                       "too few to judge")  # fmt: skip
+                checks.append(_check(f"no regression vs {tag} on {name}{where}", None, why))
+                continue
+            v = _metric(entry["candidate"], name, f"candidate's {sl}")
+            p = _metric(entry["production"], name, f"{tag}'s {sl}")
+            checks.append(_regression(name, v, p, limit, tag, where))
+    return checks
 
 
 def enforce(verdict: dict[str, Any]) -> dict[str, Any]:

@@ -105,32 +105,18 @@ def train(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
             "examples_per_s": round(out.examples_per_s), "test": out.test_metrics}  # fmt: skip
 
 
-def production(cfg: RunConfig) -> dict[str, Any] | None:
-    """The version the routing file serves by default, with its stored metrics; None if there is none."""
-    from . import routing as rt
-    from .registry import Registry, VersionError
-
-    try:
-        tag = rt.load(cfg.routing).default
-    except (FileNotFoundError, rt.RoutingError) as e:
-        logger.info("no production model: %s", e)
-        return None
-    try:
-        mv = Registry(cfg.registry).get(tag)
-    except VersionError as e:
-        logger.info("production %s is not in the registry: %s", tag, e)
-        return None
-    return {"tag": mv.tag, "metrics": (mv.meta.get("metrics") or {}).get(cfg.gate.split),
-            "dataset_fingerprint": mv.meta.get("dataset_fingerprint")}  # fmt: skip
-
-
 def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Full-corpus metrics of the candidate and popularity on validation and test (seen items masked),
-    Recall@K curves, the production version's stored metrics; writes evaluation.json and report.html."""
+    """Full-corpus metrics (seen items masked) on validation and test of the candidate, popularity and
+    the production version — all three on the candidate's evaluation events (:mod:`components.compare`)
+    — overall and per slice, Recall@K curves; writes evaluation.json and report.html."""
+    import torch
+
     from models.data import train_item_counts
-    from models.evaluation import evaluate_model, evaluate_popularity
+    from models.evaluation import model_ranks, popularity_ranks
+    from models.metrics import metrics_from_ranks
     from models.registry import load_checkpoint
 
+    from . import compare
     from .config import config_from_dict
     from .report import write_report
     from .train import prepare
@@ -138,15 +124,30 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     model, config = load_checkpoint(run_dir)
     rcfg = config_from_dict(config["run"])
-    _, enc, split = prepare(rcfg)
+    tables, enc, split = prepare(rcfg)
     counts = train_item_counts(enc.data, split)
     ks = tuple(sorted(set(rcfg.ks) | set(CURVE_KS)))
     L = rcfg.train.max_len
-    result: dict[str, Any] = {"model": model.name, "ks": list(rcfg.ks), "curve_ks": list(CURVE_KS)}
+    prod, why = compare.production_version(cfg.routing, cfg.registry)
+    result: dict[str, Any] = {"model": model.name, "ks": list(rcfg.ks), "curve_ks": list(CURVE_KS), "slices": {}}
+    if prod is not None:
+        fp = prod.meta.get("dataset_fingerprint")
+        result["production"] = {"tag": prod.tag, "dataset_fingerprint": fp, "n_items": len(prod.item_ids)}
+    else:
+        result["production"] = None
+    result["no_production"] = why
     for part in ("val", "test"):
-        result[part] = evaluate_model(model, enc.data, split, part, L, rcfg.exclude_seen, ks)
-        result[f"popularity_{part}"] = evaluate_popularity(counts, enc.data, split, part, rcfg.exclude_seen, ks)
-    result["production"] = production(cfg)
+        rows = compare.rows(enc.data, split, part, enc.user_ids, enc.item_ids)
+        ranks = {"candidate": model_ranks(model, enc.data, split, part, L, rcfg.exclude_seen).numpy(),
+                 "popularity": popularity_ranks(counts, enc.data, split, part, rcfg.exclude_seen).numpy()}  # fmt: skip
+        if prod is not None:
+            ranks["production"] = compare.version_ranks(
+                prod, enc.data, rows, enc.item_ids, tables.users, rcfg.exclude_seen, max(ks)
+            )
+            result["production"][part] = metrics_from_ranks(torch.as_tensor(ranks["production"]), ks)
+        result[part] = metrics_from_ranks(torch.as_tensor(ranks["candidate"]), ks)
+        result[f"popularity_{part}"] = metrics_from_ranks(torch.as_tensor(ranks["popularity"]), ks)
+        result["slices"][part] = compare.sliced(ranks, compare.slices(enc.data, rows, counts, prod), rcfg.ks)
     result["dataset_fingerprint"] = config.get("dataset_fingerprint")
     result["exclude_seen"] = rcfg.exclude_seen
     history = json.loads((run_dir / "metrics.json").read_text()).get("history", [])
@@ -163,8 +164,11 @@ def gate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     """Writes gate.json (always, with every check's numbers); raises GateFailed if the candidate fails."""
     ev = _read(Path(run_dir), "evaluation.json", "evaluate")
     split = cfg.gate.split
-    verdict = evaluate_gate(ev[split], ev[f"popularity_{split}"], cfg.gate, ev.get("production"),
-                            ev.get("dataset_fingerprint"))  # fmt: skip
+    prod = ev.get("production")
+    production = None if prod is None else {"tag": prod["tag"], "metrics": prod[split]}
+    why = ev.get("no_production") or "nothing in production yet"
+    verdict = evaluate_gate(ev[split], ev[f"popularity_{split}"], cfg.gate, production,
+                            ev.get("slices", {}).get(split), why)  # fmt: skip
     verdict["decided_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     _write(run_dir, "gate.json", verdict)
     from .report import add_gate

@@ -1,8 +1,9 @@
 """The evaluation report of a training run: one self-contained HTML page (inline SVG, no scripts).
 
-Metrics table (candidate vs popularity vs production, validation and test), Recall@K and NDCG@K
-curves, the training loss and validation curves per epoch, and — once the gate has run — its verdict
-with every check.
+Metrics table (candidate vs popularity vs production, all scored on the candidate's validation and test
+events), the same per slice (new/returning users, history length, item popularity, items new since
+production), Recall@K and NDCG@K curves, the training loss and validation curves per epoch, and — once
+the gate has run — its verdict with every check.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ def _rows(ev: dict[str, Any], part: str, ks: list[int]) -> list[list[object]]:
     cols = [f"{m}@{k}" for k in ks[:2] for m in COLUMNS]
     named = [(ev["model"] + " (candidate)", ev[part]), ("popularity", ev[f"popularity_{part}"])]
     prod = ev.get("production")
-    if part == "test" and prod and prod.get("metrics"):
-        named.append((f"{prod['tag']} (production)", prod["metrics"]))
+    if prod and prod.get(part):
+        named.append((f"{prod['tag']} (production)", prod[part]))
     return [[name, *(float(m.get(c, float("nan"))) for c in cols)] for name, m in named]
 
 
@@ -35,8 +36,8 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
         series = {ev["model"]: [(k, ev["test"][f"{metric}@{k}"]) for k in curve_ks],
                   "popularity": [(k, ev["popularity_test"][f"{metric}@{k}"]) for k in curve_ks]}  # fmt: skip
         prod = ev.get("production")
-        if prod and prod.get("metrics") and all(f"{metric}@{k}" in prod["metrics"] for k in ev["ks"]):
-            series[f"{prod['tag']}"] = [(k, prod["metrics"][f"{metric}@{k}"]) for k in ev["ks"]]
+        if prod and prod.get("test"):
+            series[f"{prod['tag']}"] = [(k, prod["test"][f"{metric}@{k}"]) for k in curve_ks]
         return line_chart(series, {"recall": "Recall@K", "ndcg": "NDCG@K"}[metric] + " (test)", "K")
 
     loss = {"training loss": [(h["epoch"], float(h["loss"])) for h in history]}
@@ -44,9 +45,10 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
     val = {m: [(h["epoch"], float(h[m])) for h in history] for m in monitored}
     prod = ev.get("production")
     prod_line = (
-        f"production: {html.escape(prod['tag'])}" + ("" if prod.get("metrics") else " (no stored metrics)")
+        f"production: {html.escape(prod['tag'])}, scored on these same events through its registered towers "
+        "and index (items it never saw are misses for it)"
         if prod
-        else "production: none yet"
+        else f"production: none ({html.escape(ev.get('no_production') or 'nothing in production yet')})"
     )
     doc = "\n".join(
         [
@@ -58,6 +60,7 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
             GATE_MARK + GATE_END,
             "<h2>Test</h2>" + table(head, _rows(ev, "test", ks)),
             "<h2>Validation</h2>" + table(head, _rows(ev, "val", ks)),
+            _slices_html(ev, "test"),
             "<h2>Curves</h2>",
             f"<figure>{curve('recall')}<figcaption>Recall@K on the test events</figcaption></figure>",
             f"<figure>{curve('ndcg')}<figcaption>NDCG@K on the test events</figcaption></figure>",
@@ -72,6 +75,22 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc)
     return path
+
+
+def _slices_html(ev: dict[str, Any], part: str) -> str:
+    """One row per slice: its size and the headline metrics of candidate, production and popularity."""
+    slices = (ev.get("slices") or {}).get(part)
+    if not slices:
+        return ""
+    ks = ev["ks"]
+    metrics = [f"ndcg@{ks[0]}", f"recall@{ks[1] if len(ks) > 1 else ks[0]}"]
+    who = [w for w in ("candidate", "production", "popularity") if any(w in e for e in slices.values())]
+    head = ["slice", "rows", *(f"{m} {w}" for m in metrics for w in who)]
+    rows = [
+        [name, e["rows"], *(float(e.get(w, {}).get(m, float("nan"))) for m in metrics for w in who)]
+        for name, e in slices.items()
+    ]
+    return f"<h2>Slices ({part})</h2>" + table(head, rows)
 
 
 def gate_html(verdict: dict[str, Any]) -> str:

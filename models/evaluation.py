@@ -6,7 +6,7 @@ import torch
 
 from .base import RecallModel
 from .data import SequenceData, Split, build_batch, item_batch, seen_before
-from .metrics import DEFAULT_KS, evaluate_embeddings
+from .metrics import DEFAULT_KS, metrics_from_ranks, target_ranks
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -56,6 +56,34 @@ def eval_rows(data: SequenceData, split: Split, which: str) -> tuple[torch.Tenso
     return users, pos, data.items[data.indptr[users] + pos]
 
 
+def model_ranks(
+    model: RecallModel,
+    data: SequenceData,
+    split: Split,
+    which: str = "test",
+    max_len: int = 50,
+    exclude_seen: bool = True,
+) -> torch.Tensor:
+    """(R,) 0-based full-corpus rank of each evaluated user's target on ``which`` (see :func:`eval_rows`).
+
+    With ``exclude_seen`` every item the user interacted with before the target is removed from the
+    ranking (the target itself is kept even if it is a repeat).
+    """
+    users, pos, targets = eval_rows(data, split, which)
+    exclude = seen_before(data, users, pos) if exclude_seen else None
+    user_emb = user_embeddings(model, data, users, pos, max_len)
+    return target_ranks(user_emb, item_embeddings(model, data), targets, exclude).squeeze(1)
+
+
+def popularity_ranks(
+    counts: torch.Tensor, data: SequenceData, split: Split, which: str = "test", exclude_seen: bool = True
+) -> torch.Tensor:
+    """The popularity baseline's ranks on the same rows: every user scores item i by its train count."""
+    users, pos, targets = eval_rows(data, split, which)
+    exclude = seen_before(data, users, pos) if exclude_seen else None
+    return target_ranks(torch.ones(users.numel(), 1), counts.float().unsqueeze(1), targets, exclude).squeeze(1)
+
+
 def evaluate_model(
     model: RecallModel,
     data: SequenceData,
@@ -65,16 +93,8 @@ def evaluate_model(
     exclude_seen: bool = True,
     ks: tuple[int, ...] = DEFAULT_KS,
 ) -> dict[str, float]:
-    """Full-corpus metrics on the validation or test events.
-
-    With ``exclude_seen`` every item the user interacted with before the target is removed from the
-    ranking (the target itself is kept even if it is a repeat).
-    """
-    users, pos, targets = eval_rows(data, split, which)
-    exclude = seen_before(data, users, pos) if exclude_seen else None
-    return evaluate_embeddings(
-        user_embeddings(model, data, users, pos, max_len), item_embeddings(model, data), targets, exclude, ks
-    )
+    """Full-corpus metrics on the validation or test events (one target per row, see :func:`model_ranks`)."""
+    return metrics_from_ranks(model_ranks(model, data, split, which, max_len, exclude_seen), ks)
 
 
 def evaluate_popularity(
@@ -85,8 +105,5 @@ def evaluate_popularity(
     exclude_seen: bool = True,
     ks: tuple[int, ...] = DEFAULT_KS,
 ) -> dict[str, float]:
-    """The popularity baseline on the same evaluator: every user scores item i by its train count."""
-    users, pos, targets = eval_rows(data, split, which)
-    exclude = seen_before(data, users, pos) if exclude_seen else None
-    user_emb = torch.ones(users.numel(), 1)
-    return evaluate_embeddings(user_emb, counts.float().unsqueeze(1), targets, exclude, ks)
+    """The popularity baseline on the same evaluator."""
+    return metrics_from_ranks(popularity_ranks(counts, data, split, which, exclude_seen), ks)

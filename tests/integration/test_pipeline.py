@@ -102,3 +102,34 @@ def test_training_refuses_data_that_did_not_pass_validation(world, tmp_path):
     with pytest.raises(ValueError, match=r"data\.synthetic.*run recall_features with the same config"):
         pipeline.train(other, tmp_path / "run")
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_production_better_on_the_new_data_blocks_a_worse_candidate(world):
+    """Day 2: new data (a different dataset fingerprint). Production (v1, trained on day 1) is scored on
+    the candidate's own split through its registered towers and index, so the regression check is made,
+    not skipped, and a weaker candidate fails it; slices are in the verdict and the report."""
+    out, settings = world
+    (out / "routing.yaml").write_text("default: recall-sasrec:v1\nexperiments: []\n")
+    day2 = [*settings, "data.synthetic.n_interactions=6600", f"features.dir={out}/features-day2"]
+    pipeline.features(load_config("configs/demo.yaml", day2))
+    before = snapshot(out / "registry")
+    cfg = load_config("configs/demo.yaml", [*day2, "train.epochs=1", "gate.slice_limits={'*': 0.0}"])
+    with pytest.raises(GateFailed) as e:
+        pipeline.run(cfg, out / "runs" / "day2-weak", with_features=False)
+    verdict = e.value.verdict
+    ev = json.loads((out / "runs" / "day2-weak" / "evaluation.json").read_text())
+    assert ev["dataset_fingerprint"] != Registry(out / "registry").get("sasrec:v1").meta["dataset_fingerprint"]
+    assert ev["production"]["tag"] == "recall-sasrec:v1" and ev["production"]["test"]["ndcg@10"] > 0
+    checks = {c["name"]: c for c in verdict["checks"]}
+    overall = checks["no regression vs recall-sasrec:v1 on ndcg@10"]
+    assert overall["status"] == "failed" and overall["threshold"] == pytest.approx(
+        ev["production"]["test"]["ndcg@10"] * 0.98
+    )
+    assert not any(c["status"] == "skipped" and "recall-sasrec:v1" in c["name"] and "rows" not in c["detail"]
+                   for c in verdict["checks"])  # fmt: skip
+    assert any(name.endswith("[history=1-4]") or name.endswith("[item=head]") for name in checks)
+    assert set(ev["slices"]["test"]) >= {"user=new", "user=returning", "item=head", "item=tail", "item=new"}
+    assert ev["slices"]["test"]["user=returning"]["rows"] > 0
+    report = (out / "runs" / "day2-weak" / "report.html").read_text()
+    assert "Slices (test)" in report and "history=1-4" in report and "scored on these same events" in report
+    assert snapshot(out / "registry") == before

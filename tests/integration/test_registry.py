@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from components import compare
 from components import index as idx
 from components.cli import app
 from components.config import load_config
@@ -19,7 +20,7 @@ from components.register import onnx_user_vectors, register_run
 from components.registry import Registry, VersionError, load, load_from_bentoml, sha256, verify
 from components.train import prepare, run
 from models.data import seen_before
-from models.evaluation import item_embeddings, user_embeddings
+from models.evaluation import item_embeddings, model_ranks, user_embeddings
 from models.metrics import topk
 from models.registry import load_checkpoint
 from tests.ranking import assert_same_topk
@@ -103,6 +104,27 @@ def test_onnx_tower_plus_faiss_flat_returns_the_evaluators_topk(name, runs, regi
         got_m.append(ids[keep])
         got_s.append(s_all[u][keep])
     assert_same_topk(np.array(got_m), np.array(got_s), ref_m.numpy(), ref_s.numpy(), tol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "mind", "dssm"])
+def test_a_version_scored_offline_ranks_targets_as_the_evaluator_does(name, runs, registry):
+    """The gate scores production through its ONNX tower, vocabularies and index on a candidate's
+    events (components.compare). On the version's own data that must reproduce the evaluator's ranks,
+    history, profile (dssm) and multi-interest (mind) inputs included; an item it never saw is a miss."""
+    mv = registry.get(name)
+    model, _ = load_checkpoint(runs[name])
+    tables, enc, split = prepare(load_config(None, [*SMALL, f"model={name}"]))
+    for part in ("val", "test"):
+        rows = compare.rows(enc.data, split, part, enc.user_ids, enc.item_ids)
+        ref = model_ranks(model, enc.data, split, part, 20, exclude_seen=True).numpy()
+        got = compare.version_ranks(mv, enc.data, rows, enc.item_ids, tables.users, True, max_k=50)
+        ref = np.where(ref < 50, ref, compare.MISS)
+        assert (got == ref).mean() > 0.97, (part, (got != ref).sum())
+        assert (got < 50).sum() > 0.2 * len(got)  # the comparison is not between two lists of misses
+    rows.raw_targets = np.full_like(rows.raw_targets, 10**9)  # an item production never saw
+    assert (compare.version_ranks(mv, enc.data, rows, enc.item_ids, tables.users, True, 50) == compare.MISS).all()
+    masks = compare.slices(enc.data, rows, torch.ones(enc.data.n_items), mv)
+    assert masks["item=new"].all() and not masks["user=new"].any()
 
 
 def _copy(registry, tmp_path, ref="sasrec"):

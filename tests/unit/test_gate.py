@@ -45,23 +45,60 @@ def test_regression_margin_against_production_is_relative():
                                                                                "mrr@10": 0.1}}  # fmt: skip
     cfg = GateConfig(max_regression=0.05, regression_metrics=("recall@20", "ndcg@10", "mrr@10"))
     # recall 0.30 = production; ndcg 0.10 = production; mrr 0.08 < 0.1 × 0.95 = 0.095 → regression.
-    v = evaluate_gate(CAND, POP, cfg, prod, "abc")
+    v = evaluate_gate(CAND, POP, cfg, prod)
     checks = by_name(v)
     assert checks["no regression vs recall-sasrec:v3 on recall@20"]["status"] == "passed"
     assert checks["no regression vs recall-sasrec:v3 on mrr@10"]["status"] == "failed"
     assert checks["no regression vs recall-sasrec:v3 on mrr@10"]["threshold"] == pytest.approx(0.095)
     assert not v["passed"]
     # Within the margin: 0.096 ≥ 0.095 passes.
-    v = evaluate_gate({**CAND, "mrr@10": 0.096}, POP, cfg, prod, "abc")
+    v = evaluate_gate({**CAND, "mrr@10": 0.096}, POP, cfg, prod)
     assert v["passed"]
 
 
-def test_production_on_other_data_is_not_compared_but_says_why():
-    prod = {"tag": "recall-sasrec:v3", "dataset_fingerprint": "old", "metrics": {"recall@20": 0.9, "ndcg@10": 0.9}}
-    v = evaluate_gate(CAND, POP, GateConfig(), prod, "new")
-    (check,) = [c for c in v["checks"] if "production" in c["name"] or "recall-sasrec" in c["name"]]
-    assert check["status"] == "skipped" and "not comparable" in check["detail"]
-    assert v["passed"]
+def test_production_is_compared_whatever_data_it_was_trained_on():
+    # Production's numbers come from the candidate's own split (components.compare), so a new dataset
+    # every day is no reason to skip: a better production blocks a worse candidate.
+    prod = {"tag": "recall-sasrec:v3", "metrics": {"recall@20": 0.9, "ndcg@10": 0.9, "mrr@10": 0.9}}
+    v = evaluate_gate(CAND, POP, GateConfig(), prod)
+    assert not v["passed"]
+    assert {c["status"] for c in v["checks"] if "recall-sasrec:v3" in c["name"]} == {"failed"}
+
+
+SLICES = {
+    "history=1-4": {"rows": 120, "candidate": {**CAND, "ndcg@10": 0.05}, "production": CAND, "popularity": POP},
+    "item=new": {"rows": 12, "candidate": {**CAND, "ndcg@10": 0.0}, "production": CAND, "popularity": POP},
+    "item=head": {"rows": 300, "candidate": CAND, "production": CAND, "popularity": POP},
+}
+
+
+def test_a_slice_regression_beyond_its_limit_fails_naming_the_slice():
+    prod = {"tag": "recall-sasrec:v3", "metrics": CAND}
+    # Overall equal; the short-history slice lost half its NDCG@10 (0.05 vs 0.10).
+    assert evaluate_gate(CAND, POP, GateConfig(), prod, SLICES)["passed"]  # no slice limits: not judged
+    v = evaluate_gate(CAND, POP, GateConfig(slice_limits={"history=1-4": 0.4}), prod, SLICES)
+    assert not v["passed"]
+    (failed,) = [c for c in v["checks"] if c["status"] == "failed"]
+    assert failed["name"] == "no regression vs recall-sasrec:v3 on ndcg@10 [history=1-4]"
+    assert failed["threshold"] == pytest.approx(0.06)
+    with pytest.raises(GateFailed, match=r"ndcg@10 \[history=1-4\]: 0.0500 vs production 0.1000"):
+        enforce(v)
+    # Half is within a 0.5 limit (0.05 ≥ 0.10 × 0.5).
+    assert evaluate_gate(CAND, POP, GateConfig(slice_limits={"history=1-4": 0.5}), prod, SLICES)["passed"]
+
+
+def test_every_slice_limit_and_too_small_slices_are_skipped_saying_so():
+    prod = {"tag": "recall-sasrec:v3", "metrics": CAND}
+    v = evaluate_gate(CAND, POP, GateConfig(slice_limits={"*": 0.1}, min_slice_rows=50), prod, SLICES)
+    by = by_name(v)
+    assert by["no regression vs recall-sasrec:v3 on ndcg@10 [item=new]"]["status"] == "skipped"
+    assert "12 rows" in by["no regression vs recall-sasrec:v3 on ndcg@10 [item=new]"]["detail"]
+    assert by["no regression vs recall-sasrec:v3 on ndcg@10 [item=head]"]["status"] == "passed"
+    assert by["no regression vs recall-sasrec:v3 on ndcg@10 [history=1-4]"]["status"] == "failed"
+    with pytest.raises(ValueError, match=r"unknown slices \['user=old'\]; this run has: history=1-4"):
+        evaluate_gate(CAND, POP, GateConfig(slice_limits={"user=old": 0.1}), prod, SLICES)
+    with pytest.raises(ValueError, match="slice_limits|regression limit 'item=new'"):
+        GateConfig(slice_limits={"item=new": 1.0})
 
 
 def test_unknown_metric_and_bad_settings_fail_clearly():

@@ -1,0 +1,158 @@
+"""Candidate and production side by side on the candidate's own evaluation events (the TFX Evaluator's
+"blessing": the baseline is scored on the new data, never quoted from its own, older data).
+
+Production is scored exactly as serving would answer: its registered ONNX user tower over the raw
+history and profile values (through its own vocabularies), its Faiss index, seen items removed. A user
+it has never seen is an unknown id to it; an item it has never seen is not in its index, so a target
+that is new since production is always a miss for it.
+
+Each evaluated row also falls into slices, so a regression hidden in the average shows up by name:
+
+    user=new | user=returning        the user is unknown / known to production (only with production)
+    history=1-4 | 5-19 | 20-49 | 50+ events before the target
+    item=head | item=torso | item=tail  the target's training popularity: top 10 % of the catalogue,
+                                     the next 40 %, the rest (never-trained items included)
+    item=new                         the target is not in production's index (only with production)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.data import SequenceData, Split
+from models.evaluation import eval_rows
+from models.metrics import metrics_from_ranks
+
+from .registry import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+HISTORY_BUCKETS = (1, 5, 20, 50)  # lower edges: history=1-4, 5-19, 20-49, 50+
+HEAD_SHARE, TORSO_SHARE = 0.10, 0.50  # head = top 10 % of items by training count, torso = the next 40 %
+MISS = np.iinfo(np.int32).max  # the rank of a target that is not in the fetched top-K
+
+
+@dataclass
+class Rows:
+    """The evaluated rows of one split, in raw ids (what a server would see)."""
+
+    users: torch.Tensor  # user indices
+    pos: torch.Tensor  # target position in the user's events (= history length)
+    targets: torch.Tensor  # target item indices
+    raw_users: np.ndarray
+    raw_targets: np.ndarray
+    target_time: np.ndarray  # unix seconds
+
+
+def rows(data: SequenceData, split: Split, which: str, user_ids: np.ndarray, item_ids: np.ndarray) -> Rows:
+    users, pos, targets = eval_rows(data, split, which)
+    when = data.times[data.indptr[users] + pos].numpy()
+    return Rows(users, pos, targets, user_ids[users.numpy()], item_ids[targets.numpy()], when)
+
+
+def production_version(routing: str, registry: str | Path | None) -> tuple[ModelVersion | None, str]:
+    """The version the routing file serves by default, or None and why there is none."""
+    from . import routing as rt
+    from .registry import Registry, VersionError
+
+    try:
+        tag = rt.load(routing).default
+    except (FileNotFoundError, rt.RoutingError) as e:
+        return None, f"nothing in production yet ({e})"
+    try:
+        return Registry(registry).get(tag), ""
+    except VersionError as e:
+        return None, f"production {tag} cannot be loaded: {e}"
+
+
+def version_ranks(
+    mv: ModelVersion,
+    data: SequenceData,
+    r: Rows,
+    item_ids: np.ndarray,
+    users_table: pd.DataFrame,
+    exclude_seen: bool,
+    max_k: int,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """(R,) 0-based rank of each row's target in the version's served answer (ONNX tower → Faiss, seen
+    items removed), or :data:`MISS` when it is not among the top ``max_k``."""
+    from . import index as idx
+    from .export import run_tower
+    from .tower_inputs import TowerInputs
+
+    enc = TowerInputs(mv)
+    sess, index, served = mv.user_session(threads=0), mv.index(), mv.item_ids
+    profile = users_table.drop_duplicates("user_id", keep="last").set_index("user_id")
+    starts = data.indptr[r.users].numpy()
+    pos = r.pos.numpy()
+    out = np.full(len(pos), MISS, dtype=np.int64)
+    for lo in range(0, len(pos), batch_size):
+        sl = slice(lo, min(len(pos), lo + batch_size))
+        hist = [item_ids[data.items[s : s + p].numpy()] for s, p in zip(starts[sl], pos[sl], strict=True)]
+        feats: dict[str, list] = {
+            "hist_item_ids": [h[-enc.max_len :].tolist() for h in hist],
+            "hist_timestamps": [
+                data.times[s + max(0, p - enc.max_len) : s + p].numpy().astype(np.int64).tolist()
+                for s, p in zip(starts[sl], pos[sl], strict=True)
+            ],
+        }
+        for name in enc.vocabs:
+            col = profile[name] if name in profile else pd.Series(dtype=object)
+            feats[name] = [col.get(u) for u in r.raw_users[sl]]
+        q = run_tower(sess, enc.encode(r.raw_users[sl].tolist(), feats, r.target_time[sl]))
+        seen = [set(h.tolist()) - {t} if exclude_seen else set() for h, t in zip(hist, r.raw_targets[sl], strict=True)]
+        fetch = max_k + max((len(s) for s in seen), default=0)
+        _, found = idx.search(index, q, fetch)
+        for j, (row, target, s) in enumerate(zip(found, r.raw_targets[sl], seen, strict=True)):
+            raw = served[row[row >= 0]]
+            if s:
+                raw = raw[~np.isin(raw, list(s))]
+            hit = np.flatnonzero(raw[:max_k] == target)
+            if hit.size:
+                out[lo + j] = hit[0]
+    return out
+
+
+def slices(data: SequenceData, r: Rows, counts: torch.Tensor, production: ModelVersion | None) -> dict[str, np.ndarray]:
+    """Slice name → boolean mask over the rows (see the module docstring)."""
+    out: dict[str, np.ndarray] = {}
+    if production is not None:
+        known_users = np.load(production.path / "vocab" / "user_id.npy")[1:]
+        new_user = ~np.isin(r.raw_users, known_users)
+        out["user=new"], out["user=returning"] = new_user, ~new_user
+    hist = r.pos.numpy()
+    edges = (*HISTORY_BUCKETS, np.inf)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        name = f"history={lo}+" if hi == np.inf else f"history={lo}-{int(hi) - 1}"
+        out[name] = (hist >= lo) & (hist < hi)
+    order = torch.argsort(counts[1:], descending=True, stable=True).numpy() + 1  # item indices, most trained first
+    tier = np.full(len(counts), 2)
+    n = len(order)
+    tier[order[: int(np.ceil(HEAD_SHARE * n))]] = 0
+    tier[order[int(np.ceil(HEAD_SHARE * n)) : int(np.ceil(TORSO_SHARE * n))]] = 1
+    tier[counts.numpy() == 0] = 2  # an item never trained on is tail whatever the ordering of ties
+    t = tier[r.targets.numpy()]
+    out["item=head"], out["item=torso"], out["item=tail"] = t == 0, t == 1, t == 2
+    if production is not None:
+        out["item=new"] = ~np.isin(r.raw_targets, production.item_ids)
+    return out
+
+
+def sliced(ranks: dict[str, np.ndarray], masks: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[str, Any]:
+    """Per slice: its row count and each ranker's metrics on those rows (rankers: name → (R,) ranks)."""
+    out: dict[str, Any] = {}
+    for name, mask in masks.items():
+        n = int(mask.sum())
+        entry: dict[str, Any] = {"rows": n}
+        for who, rk in ranks.items():
+            entry[who] = metrics_from_ranks(torch.as_tensor(rk[mask]), ks) if n else {}
+        out[name] = entry
+    return out
