@@ -247,5 +247,8 @@ def run(
 
 
 def _write(run_dir: str | Path, name: str, data: dict[str, Any]) -> None:
+    """Results are written atomically: a retried or killed step never leaves half a JSON file."""
+    from .registry import atomic_write_json
+
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / name).write_text(json.dumps(data, indent=2, default=str))
+    atomic_write_json(Path(run_dir) / name, data)

@@ -18,7 +18,7 @@ from models.registry import load_checkpoint
 from . import export as ex
 from . import index as idx
 from .config import config_from_dict
-from .registry import ModelVersion, Registry, save_to_bentoml
+from .registry import ModelVersion, Registry, atomic_write_json, save_to_bentoml, sha256
 from .train import prepare
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def export_run(run_dir: str | Path, loaded: tuple | None = None) -> dict[str, An
     model, config, cfg, (tables, enc, split) = loaded or load_run(run_dir)
     pkg = _fresh(run_dir / PACKAGE)
     record = ex.export(model, enc, cfg.train.max_len, pkg)
-    (run_dir / "export.json").write_text(json.dumps(record, indent=2, default=str))
+    atomic_write_json(run_dir / "export.json", record)
     return record
 
 
@@ -82,7 +82,7 @@ def index_run(
     np.save(pkg / "popularity.npy", train_item_counts(enc.data, split)[1:].numpy().astype(np.int64))
     logger.info("index %s over %d items: recall@%d %.4f", report.kind, report.n_items, report.k, report.recall_at_k)
     out = {"config": index_cfg.__dict__, "report": report.to_dict(), "embedding_dim": int(items.shape[1])}
-    (run_dir / "index.json").write_text(json.dumps(out, indent=2, default=str))
+    atomic_write_json(run_dir / "index.json", out)
     return out
 
 
@@ -96,7 +96,10 @@ def publish_run(
 ) -> ModelVersion:
     """Register step: copies the staged package into the registry as a new verified version (atomic:
     it appears complete or not at all) with its metrics and gate verdict, and into the BentoML store.
-    A new version is a *candidate*: the routing file, not the registry, decides what is served."""
+    A new version is a *candidate*: the routing file, not the registry, decides what is served.
+
+    Idempotent: the version is keyed by the run (:func:`run_key`), so a retried register step returns
+    the version the first attempt created instead of registering a second one."""
     registry = registry or Registry()
     run_dir = Path(run_dir)
     pkg = run_dir / PACKAGE
@@ -130,10 +133,16 @@ def publish_run(
             "index": {"config": index["config"], "report": index["report"]},
         }
 
-    mv = registry.write(model.name, fill, version)
+    mv = registry.write(model.name, fill, version, key=run_key(run_dir))
     if to_bentoml:
         save_to_bentoml(mv)
     return mv
+
+
+def run_key(run_dir: str | Path) -> str:
+    """What identifies a run's registration: its directory and the checkpoint it trained."""
+    run_dir = Path(run_dir).resolve()
+    return f"{run_dir}@{sha256(run_dir / 'model.pt')[:16]}"
 
 
 def register_run(

@@ -19,6 +19,7 @@ refuses a broken version with every problem named.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -253,41 +255,81 @@ class Registry:
     def get(self, ref: str) -> ModelVersion:
         return load(self.path(ref))
 
-    def write(self, model: str, fill: Callable[[Path], dict[str, Any]], version: str | None = None) -> ModelVersion:
+    def find(self, model: str, key: str) -> ModelVersion | None:
+        """The version registered under ``key`` (see :meth:`write`), or None."""
+        for v in self.versions(model):
+            meta = self.root / model / v / "model.json"
+            if meta.is_file() and json.loads(meta.read_text()).get("run_key") == key:
+                return load(meta.parent)
+        return None
+
+    def write(
+        self, model: str, fill: Callable[[Path], dict[str, Any]], version: str | None = None, key: str | None = None
+    ) -> ModelVersion:
         """Creates a version atomically. ``fill(staging_dir)`` writes the files and returns the metadata
-        for ``model.json``; checksums, name, version and creation time are added here."""
+        for ``model.json``; checksums, name, version and creation time are added here.
+
+        ``key`` makes the write idempotent: a version already registered under the same key (a retried
+        register step of the same run) is returned instead of a second one. Writers of one model hold
+        an exclusive lock from choosing the number to the rename, so concurrent registrations get
+        distinct versions, and a staging directory seen under the lock is a dead writer's and removed.
+        """
         if version is not None and not _VERSION.match(version):
             raise ValueError(f"version must look like v<number>, got {version!r}")
         parent = self.root / model
         parent.mkdir(parents=True, exist_ok=True)
-        version = version or self.next_version(model)
-        final = parent / version
-        if final.exists():
-            raise VersionError(f"{TAG_PREFIX}{model}:{version} already exists in {self.root}")
-        staging = parent / f".staging-{version}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
-            meta = fill(staging)
-            meta = {
-                **meta,
-                "name": model,
-                "version": version,
-                "tag": f"{TAG_PREFIX}{model}:{version}",
-                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "code_version": code_version(),
-                "checksums": {f: sha256(staging / f) for f in _files(staging)},
-            }
-            atomic_write_text(staging / "model.json", json.dumps(meta, indent=2, default=str))
-            problems = verify(staging)
-            if problems:
-                raise VersionError(f"the new version of {model} failed verification: " + "; ".join(problems))
-            os.rename(staging, final)  # atomic: the version appears complete or not at all
-            _fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with _locked(parent / ".lock"):
+            for stale in parent.glob(".staging-*"):
+                logger.warning("removing %s, left by a registration that died mid-write", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            if key is not None and (existing := self.find(model, key)) is not None:
+                logger.info("%s is already registered for this run (key %s)", existing.tag, key)
+                return existing
+            version = version or self.next_version(model)
+            final = parent / version
+            if final.exists():
+                raise VersionError(f"{TAG_PREFIX}{model}:{version} already exists in {self.root}")
+            staging = parent / f".staging-{version}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+            try:
+                meta = fill(staging)
+                meta = {
+                    **meta,
+                    "name": model,
+                    "version": version,
+                    "tag": f"{TAG_PREFIX}{model}:{version}",
+                    "run_key": key,
+                    "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "code_version": code_version(),
+                    "checksums": {f: sha256(staging / f) for f in _files(staging)},
+                }
+                atomic_write_text(staging / "model.json", json.dumps(meta, indent=2, default=str))
+                problems = verify(staging)
+                if problems:
+                    raise VersionError(f"the new version of {model} failed verification: " + "; ".join(problems))
+                os.rename(staging, final)  # atomic: the version appears complete or not at all
+                _fsync_dir(parent)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         logger.info("registered %s%s:%s at %s", TAG_PREFIX, model, version, final)
         return load(final)
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock (flock) on ``path``, held for the ``with`` block; released by the
+    kernel if the holder dies."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .charts import CSS, line_chart, table
+from .registry import atomic_write_text
 
 GATE_MARK, GATE_END = "<!-- gate -->", "<!-- /gate -->"
 COLUMNS = ("recall", "ndcg", "mrr", "hit", "precision")
@@ -73,7 +74,7 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc)
+    atomic_write_text(path, doc)
     return path
 
 
@@ -110,4 +111,4 @@ def add_gate(path: str | Path, verdict: dict[str, Any]) -> None:
         doc = path.read_text()
         a, b = doc.find(GATE_MARK), doc.find(GATE_END)
         if a >= 0 and b > a:
-            path.write_text(doc[: a + len(GATE_MARK)] + gate_html(verdict) + doc[b:])
+            atomic_write_text(path, doc[: a + len(GATE_MARK)] + gate_html(verdict) + doc[b:])

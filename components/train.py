@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from models.trainer import MatchTrainer, TrainResult
 
 from .config import RunConfig
 from .datasets import Encoded, Tables, encode, generate_synthetic, load_ml100k
+from .registry import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -83,5 +83,5 @@ def run(cfg: RunConfig, prepared: tuple[Tables, Encoded, Split] | None = None) -
         train_seconds=result.train_seconds,
         examples_per_s=result.examples_per_s,
     )
-    Path(cfg.out_dir, "metrics.json").write_text(json.dumps({**asdict(out), "history": result.history}, indent=2))
+    atomic_write_json(Path(cfg.out_dir, "metrics.json"), {**asdict(out), "history": result.history})
     return out

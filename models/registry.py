@@ -67,7 +67,9 @@ def save_checkpoint(model: RecallModel, directory: str | Path, extra: dict[str, 
     tmp = directory / "model.pt.tmp"
     torch.save(state, tmp)
     tmp.replace(directory / "model.pt")
-    (directory / "config.json").write_text(json.dumps({**model.config(), **(extra or {})}, indent=2, default=str))
+    tmp = directory / "config.json.tmp"  # never half a file, whenever the process dies
+    tmp.write_text(json.dumps({**model.config(), **(extra or {})}, indent=2, default=str))
+    tmp.replace(directory / "config.json")
     return directory
 
 

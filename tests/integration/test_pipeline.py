@@ -3,11 +3,15 @@ candidate is registered with its verdict and report; a failed gate (impossible f
 production) leaves the registry and the routing file exactly as they were."""
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
-from components import pipeline
+from components import pipeline, register
 from components.cli import app
 from components.config import load_config
 from components.gate import GateFailed
@@ -133,3 +137,84 @@ def test_production_better_on_the_new_data_blocks_a_worse_candidate(world):
     report = (out / "runs" / "day2-weak" / "report.html").read_text()
     assert "Slices (test)" in report and "history=1-4" in report and "scored on these same events" in report
     assert snapshot(out / "registry") == before
+
+
+KILL_AT = {
+    # SIGKILL after the first file copied into the staging directory: the version never appears.
+    "staging": """
+import shutil
+real_tree, real_copy = shutil.copytree, shutil.copy2
+def copy(*a, **k):
+    real_copy(*a, **k)
+    os.kill(os.getpid(), signal.SIGKILL)
+def tree(src, dst, *a, **k):  # (copytree recurses through the module attribute, arguments positional)
+    return real_tree(src, dst, *a, **k) if a else real_tree(src, dst, **{**k, "copy_function": copy})
+shutil.copytree = tree
+""",
+    # SIGKILL after the version appeared, before the step wrote its registered.json.
+    "record": """
+real = pipeline._write
+def write(d, name, data):
+    if name == "registered.json":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(d, name, data)
+pipeline._write = write
+""",
+}
+
+
+def _register_in_process(settings, run_dir, kill_at=None):
+    code = "\n".join([
+        "import os, signal, sys",
+        "from components import pipeline",
+        "from components.config import load_config",
+        KILL_AT.get(kill_at, ""),
+        f"print(pipeline.register(load_config('configs/demo.yaml', {settings!r}), {str(run_dir)!r})['tag'])",
+    ])  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def gated(world):
+    """A run that passed the gate and was exported and indexed, with its own empty registry."""
+    out, settings = world
+    settings = [*settings, f"registry={out}/registry-retry", f"routing={out}/routing-retry.yaml"]
+    cfg = load_config("configs/demo.yaml", settings)
+    run_dir = out / "runs" / "gated"
+    for name in pipeline.TRAINING_STEPS[:-1]:
+        pipeline.STEP_FUNCTIONS[name](cfg, run_dir)
+    return settings, run_dir, out / "registry-retry"
+
+
+@pytest.mark.parametrize("kill_at", ["staging", "record"])
+def test_register_killed_mid_way_and_retried_yields_exactly_one_version(gated, kill_at):
+    settings, run_dir, root = gated
+    shutil.rmtree(root, ignore_errors=True)
+    (run_dir / "registered.json").unlink(missing_ok=True)
+    p = _register_in_process(settings, run_dir, kill_at)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGKILL, err[-3000:]
+    reg = Registry(root)
+    assert reg.versions("sasrec") == ([] if kill_at == "staging" else ["v1"])
+    assert bool(list((root / "sasrec").glob(".staging-*"))) == (kill_at == "staging")
+    assert not (run_dir / "registered.json").exists()
+    cfg = load_config("configs/demo.yaml", settings)
+    first = pipeline.register(cfg, run_dir)  # the retry
+    again = pipeline.register(cfg, run_dir)  # and one more, for good measure
+    assert first["tag"] == again["tag"] == "recall-sasrec:v1" and reg.versions("sasrec") == ["v1"]
+    assert not list((root / "sasrec").glob(".staging-*"))
+    assert json.loads((run_dir / "registered.json").read_text())["tag"] == "recall-sasrec:v1"
+
+
+def test_concurrent_registrations_get_distinct_versions_and_a_run_only_one(gated, tmp_path):
+    settings, run_dir, root = gated
+    shutil.rmtree(root, ignore_errors=True)
+    other = tmp_path / "other-run"  # another run (same weights, another directory: another key)
+    shutil.copytree(run_dir, other)
+    procs = [_register_in_process(settings, d) for d in (run_dir, other, run_dir, other)]
+    tags = [p.communicate(timeout=180)[0].strip().splitlines()[-1] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert tags[0] == tags[2] and tags[1] == tags[3] and {tags[0], tags[1]} == {"recall-sasrec:v1", "recall-sasrec:v2"}
+    reg = Registry(root)
+    assert reg.versions("sasrec") == ["v1", "v2"]
+    assert {reg.get(t).meta["run_key"] for t in tags} == {register.run_key(run_dir), register.run_key(other)}
