@@ -1,7 +1,7 @@
 """Serving load test (loopback only, bounded): closed-loop clients at concurrency 1, 8 and 32 against a
 real `bentoml serve` process with SASRec over a 100k-item HNSW index and the SQLite online store.
 
-Setup (once, cached under --work): synthetic data with 100k items → features (ingest, apply,
+Setup (once, cached under --work): synthetic data with 100k items → features (ingest, validate, apply,
 materialize) → SASRec trained one epoch with sampled softmax (latency does not depend on accuracy)
 → registered with an HNSW index. Each level runs --seconds; users are drawn uniformly from all known
 users (so the result cache rarely helps; its hit rate is printed). Prints p50/p95/p99 latency,
@@ -64,13 +64,13 @@ def setup(work: Path, n_items: int) -> dict:
     ]
     cfg = load_config(None, settings)
     t0 = time.perf_counter()
-    run_pipeline(cfg, ("ingest", "apply", "materialize"))
+    published = run_pipeline(cfg)["published"]  # ingest → validate → apply → materialize → a snapshot
     run(cfg)
     mv = register_run(work / "run", Registry(work / "registry"), to_bentoml=False)
     (work / "routing.yaml").write_text(f"default: {mv.tag}\nexperiments: []\n")
     import pandas as pd
 
-    users = sorted(pd.read_parquet(work / "features" / "users.parquet").user_id.astype(int).tolist())
+    users = sorted(pd.read_parquet(Path(published["dir"]) / "users.parquet").user_id.astype(int).tolist())
     info = {"tag": mv.tag, "users": users, "index": mv.meta["index"]["report"], "setup_s": time.perf_counter() - t0}
     marker.write_text(json.dumps(info))
     return info

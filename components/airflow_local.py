@@ -75,12 +75,15 @@ def dags_test(
     env: dict[str, str] | None = None,
     timeout_s: int = 1800,
     stream: bool = False,
+    logical_date: str | None = None,
 ) -> DagRun:
-    """``airflow dags test DAG_ID --conf JSON``; returns the run's state and each task's state and wall
-    time from the metadata database. ``stream`` echoes Airflow's output while it runs."""
+    """``airflow dags test DAG_ID [LOGICAL_DATE] --conf JSON``; returns the run's state and each task's
+    state and wall time from the metadata database. ``stream`` echoes Airflow's output while it runs;
+    ``logical_date`` (e.g. ``2024-05-01``) picks the run's data interval (default: the latest one)."""
     env = env or environment(ROOT / "runs" / "airflow")
     ensure_db(env)
-    cmd = [airflow_bin(), "dags", "test", dag_id, "--conf", json.dumps(conf or {})]
+    cmd = [airflow_bin(), "dags", "test", dag_id, *([logical_date] if logical_date else []), "--conf",
+           json.dumps(conf or {})]  # fmt: skip
     t0 = time.perf_counter()
     if stream:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -129,12 +132,17 @@ def _seconds(start: str | None, end: str | None) -> float | None:
 
 def asset_events(env: dict[str, str], uri: str) -> int:
     """How many times the Asset ``uri`` has been updated (asset_event rows)."""
+    return len(asset_event_extras(env, uri))
+
+
+def asset_event_extras(env: dict[str, str], uri: str) -> list[dict[str, Any]]:
+    """The ``extra`` of every update of the Asset ``uri``, oldest first (e.g. which snapshot it published)."""
     db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
     con = sqlite3.connect(db)
     try:
-        row = con.execute(
-            "SELECT COUNT(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ?", (uri,)
-        ).fetchone()
-        return int(row[0])
+        rows = con.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ? ORDER BY e.id", (uri,)
+        ).fetchall()
+        return [json.loads(r[0]) if r[0] else {} for r in rows]
     finally:
         con.close()

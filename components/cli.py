@@ -227,13 +227,18 @@ def models_export(
     )
 
 
-def _feature_steps(config: Path | None, overrides: list[str] | None, steps: tuple[str, ...]) -> dict:
+def _feature_steps(
+    config: Path | None, overrides: list[str] | None, steps: tuple[str, ...], start: str | None = None,
+    end: str | None = None,
+) -> dict:  # fmt: skip
+    from . import snapshots as sn
     from .features import run_pipeline
     from .validate import DataValidationError
 
     cfg = _config(config, overrides)
     try:
-        out = run_pipeline(cfg, steps)
+        iv = sn.interval(start, end) if (start or end) else None
+        out = run_pipeline(cfg, steps, iv)
     except DataValidationError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
@@ -251,21 +256,34 @@ def _feature_steps(config: Path | None, overrides: list[str] | None, steps: tupl
         console.print("rows: " + ", ".join(f"{k} {v:,}" for k, v in out["rows"].items()))
     if out.get("data_docs"):
         console.print(f"validation report: {out['data_docs']}")
+    if out.get("status") == "new":
+        done = "published" if out.get("published") else "built (not yet published: run the remaining steps)"
+        console.print(f"snapshot {out['snapshot']} of {out['interval']}: {out['new_events']:,} new events, {done}")
+    else:
+        console.print(f"nothing to do: {out.get('why')}")
     return out
 
 
+StartOpt = typer.Option(None, "--start", help="Data interval start (ISO-8601; default: the last stored end).")
+EndOpt = typer.Option(None, "--end", help="Data interval end (ISO-8601; default: now).")
+
+
 @features_app.command("run")
-def features_run(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
-    """Everything: ingest → validate → apply → materialize → point-in-time training set."""
+def features_run(
+    config: Path = ConfigOpt, overrides: list[str] = SetOpt, start: str = StartOpt, end: str = EndOpt
+) -> None:
+    """Everything for a data interval: ingest → validate → apply → materialize, then publish the snapshot."""
     from .features import STEPS
 
-    _feature_steps(config, overrides, STEPS)
+    _feature_steps(config, overrides, STEPS, start, end)
 
 
 @features_app.command("ingest")
-def features_ingest(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
-    """Write the canonical tables and the user_behaviour snapshots under features.dir."""
-    _feature_steps(config, overrides, ("ingest",))
+def features_ingest(
+    config: Path = ConfigOpt, overrides: list[str] = SetOpt, start: str = StartOpt, end: str = EndOpt
+) -> None:
+    """Store the interval's events and build a snapshot (canonical tables + user_behaviour) under features.dir."""
+    _feature_steps(config, overrides, ("ingest",), start, end)
 
 
 @features_app.command("validate")
@@ -284,12 +302,6 @@ def features_apply(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> N
 def features_materialize(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
     """Load the latest values into the online store (incremental after the first run)."""
     _feature_steps(config, overrides, ("materialize",))
-
-
-@features_app.command("training-set")
-def features_training_set(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
-    """Point-in-time training set (one row per training example) → features.dir/training_set.parquet."""
-    _feature_steps(config, overrides, ("training_set",))
 
 
 @features_app.command("online")
@@ -433,6 +445,7 @@ def pipeline_run(
     bentoml_store: bool = typer.Option(
         None, "--bentoml/--no-bentoml", help="Also save to the BentoML store (default: the config's bentoml_store)."
     ),
+    force: bool = typer.Option(False, "--force", help="Train even if this model was trained on the same data."),
 ) -> None:
     """features → training set → train → evaluate → gate → export → index → register, no orchestrator."""
     from . import pipeline
@@ -447,7 +460,7 @@ def pipeline_run(
         console.print(f"[bold]{name}[/bold] {secs:.1f}s {json.dumps(brief, default=str)[:200]}")
 
     try:
-        out = pipeline.run(cfg, run_dir, with_features=features, on_step=show)
+        out = pipeline.run(cfg, run_dir, with_features=features, on_step=show, force=force)
     except DataValidationError as e:
         console.print(f"[red]validation failed; nothing was trained:[/red]\n{e}")
         raise typer.Exit(1) from None
@@ -455,6 +468,9 @@ def pipeline_run(
         console.print("[red]quality gate failed; nothing was exported or registered:[/red]")
         _print_gate(e.verdict)
         raise typer.Exit(1) from None
+    if out.get("nothing_new"):
+        console.print(out["nothing_new"])
+        return
     reg, ev = out["steps"]["register"], out["steps"]["evaluate"]
     console.print(f"registered {reg['tag']} (candidate); report {ev['report']}")
 
@@ -483,6 +499,9 @@ def pipeline_step(
         console.print("[red]quality gate failed:[/red]")
         _print_gate(e.verdict)
         raise typer.Exit(1) from None
+    except pipeline.NothingNew as e:
+        console.print(str(e))
+        return
     console.print_json(json.dumps(out, default=str))
 
 
@@ -588,6 +607,30 @@ def _serve_once(cfg, mv, user: int) -> None:
         raise typer.Exit(1) from None
 
 
+def _demo_results(cfg, run_dir: Path):
+    """Steps 3-5 of the demo: metrics, gate verdict, the registered version (returned)."""
+    from .registry import Registry
+
+    ev = json.loads((run_dir / "evaluation.json").read_text())
+    verdict = json.loads((run_dir / "gate.json").read_text())
+    _metrics(
+        "3. evaluate: test split, full corpus, seen items masked",
+        {cfg.model: ev["test"], "popularity": ev["popularity_test"]},
+        cfg.ks[:2],
+    )
+    console.print(f"   report: {run_dir / 'report.html'}")
+    console.print(f"[bold]4. gate[/bold] {'passed' if verdict['passed'] else 'FAILED'}")
+    _print_gate(verdict)
+    mv = Registry(cfg.registry).get(json.loads((run_dir / "registered.json").read_text())["tag"])
+    par, rep = mv.meta["export"]["parity"], mv.meta["index"]["report"]
+    worst = max(par["user"]["max_abs_diff"], par["item"]["max_abs_diff"])
+    console.print(
+        f"[bold]5. registered[/bold] {mv.tag} ({mv.meta['stage']}) at {mv.path}: max |ONNX - PyTorch| {worst:.1e}, "
+        f"{rep['kind']} index over {rep['n_items']} items, recall@{rep['k']} vs exact {rep['recall_at_k']:.3f}"
+    )
+    return mv
+
+
 @app.command()
 def demo(
     config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo config."),
@@ -635,28 +678,19 @@ def demo(
         except Exception as e:  # the gate's or validation's message says what failed
             console.print(f"[red]pipeline failed:[/red] {e}")
             raise typer.Exit(1) from None
-    ev = json.loads((run_dir / "evaluation.json").read_text())
-    verdict = json.loads((run_dir / "gate.json").read_text())
-    _metrics(
-        "3. evaluate: test split, full corpus, seen items masked",
-        {cfg.model: ev["test"], "popularity": ev["popularity_test"]},
-        cfg.ks[:2],
-    )
-    console.print(f"   report: {run_dir / 'report.html'}")
-    console.print(f"[bold]4. gate[/bold] {'passed' if verdict['passed'] else 'FAILED'}")
-    _print_gate(verdict)
-    mv = Registry(cfg.registry).get(json.loads((run_dir / "registered.json").read_text())["tag"])
-    par, rep = mv.meta["export"]["parity"], mv.meta["index"]["report"]
-    worst = max(par["user"]["max_abs_diff"], par["item"]["max_abs_diff"])
-    console.print(
-        f"[bold]5. registered[/bold] {mv.tag} ({mv.meta['stage']}) at {mv.path}: max |ONNX - PyTorch| {worst:.1e}, "
-        f"{rep['kind']} index over {rep['n_items']} items, recall@{rep['k']} vs exact {rep['recall_at_k']:.3f}"
-    )
+    if (run_dir / "nothing_new.json").exists():  # the same data and settings as a registered version
+        info = json.loads((run_dir / "nothing_new.json").read_text())
+        console.print(f"[bold]3-5.[/bold] {info['reason']}")
+        mv = Registry(cfg.registry).get(info["version"])
+        trained = Path(mv.meta["run_dir"])
+    else:
+        mv, trained = _demo_results(cfg, run_dir), run_dir
     from .datasets import Tables
 
-    user = int(Tables.read(cfg.features.dir).interactions.user_id.iloc[0])
+    snapshot = json.loads((run_dir / "snapshot.json").read_text())
+    user = int(Tables.read(snapshot["dir"]).interactions.user_id.iloc[0])
     console.print(f"[bold]6. top-10 for user {user}[/bold]")
-    console.print(rec(run_dir, user, 10).to_string(index=False))
+    console.print(rec(trained, user, 10).to_string(index=False))
     if serve:
         console.print(f"[bold]7. serve[/bold] bentoml serve serving.service:RecallService with {mv.tag}")
         _serve_once(cfg, mv, user)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    dir: str = "runs/features"  # ingested tables + Feast registry + SQLite online store
+    dir: str = "runs/features"  # the store: event partitions, snapshots, live Feast registry, SQLite online store
+    snapshot: str | None = None  # the snapshot training pins (None: the latest published one)
     online: str = "sqlite"  # sqlite | redis
     redis: str = "localhost:6379"
 
@@ -65,6 +68,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def training_signature(self) -> str:
+        """What makes two trainings the same besides their data: the model, its parameters, the training
+        settings (a registered version records it; the same signature on the same snapshot is not retrained)."""
+        what = {"model": self.model, "model_params": self.model_params, "train": dataclasses.asdict(self.train)}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -5,9 +5,10 @@ The store is configured by ``feature_repo/feature_store.yaml`` (SQLite online st
 ``feature_repo/feature_store.redis.yaml`` with ``${RECALL_FEATURE_DIR}`` (the ingested tables and the
 registry/online files) and ``${REDIS_CONNECTION}`` substituted here, never hard-coded.
 
-Point in time: a ``user_behaviour`` snapshot holds the history at or before its timestamp. A training
-example whose target happened at t asks for the features as of t − 1 µs, so its history (and any
-profile value) is strictly older than its target.
+Point in time: a ``user_behaviour`` snapshot holds the history up to and including its event. A
+training example whose target has event key k (its time, same-second ties spread by 1 µs in file order:
+:func:`components.ingest.event_order`) asks for the features as of k − 1 µs, so its history is exactly
+the events before the target in the trainer's order, and no profile value is newer than the target.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .registry import atomic_write_json
+
 os.environ.setdefault("FEAST_USAGE", "False")
 
 logger = logging.getLogger(__name__)
@@ -38,9 +41,10 @@ ONE_MICROSECOND = pd.Timedelta(microseconds=1)
 
 @dataclass(frozen=True)
 class StoreConfig:
-    data_dir: str  # the ingested tables; registry and SQLite online store live here too
+    data_dir: str  # the store's directory: the live registry and the SQLite online store live here
     online: str = "sqlite"  # sqlite | redis
     redis: str = "localhost:6379"
+    registry: str | None = None  # another registry file (a snapshot's, for its point-in-time joins)
 
     def __post_init__(self) -> None:
         if self.online not in CONFIGS:
@@ -59,19 +63,22 @@ def store(cfg: StoreConfig):
     from feast import FeatureStore, RepoConfig
 
     raw = _render(cfg)
+    if cfg.registry is not None:
+        raw["registry"]["path"] = str(Path(cfg.registry).resolve())
     config = RepoConfig(**raw)
     config.repo_path = REPO
     return FeatureStore(config=config)
 
 
-def apply(cfg: StoreConfig):
-    """Registers entities, views, the on-demand context view and the feature services."""
+def apply(cfg: StoreConfig, tables_dir: str | Path | None = None):
+    """Registers entities, views (their sources: the tables in ``tables_dir``, a snapshot; default the
+    store's directory), the on-demand context view and the feature services."""
     from feature_repo.definitions import build
 
     fs = store(cfg)
-    objs = build(cfg.data_dir)
+    objs = build(tables_dir or cfg.data_dir)
     fs.apply([*objs["entities"], *objs["views"], *objs["on_demand"], *objs["services"]])
-    logger.info("applied %d feature views to %s", len(objs["views"]), cfg.data_dir)
+    logger.info("applied %d feature views over %s to %s", len(objs["views"]), tables_dir or cfg.data_dir, cfg.data_dir)
     return fs
 
 
@@ -86,34 +93,46 @@ def _earliest(data_dir: Path) -> dt.datetime:
     return min(x for x in lows if x is not None) - dt.timedelta(seconds=1)
 
 
-def materialize(fs, cfg: StoreConfig, end: dt.datetime | None = None) -> dict[str, str]:
-    """Loads the latest feature values into the online store, incrementally.
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+
+
+def materialize(
+    fs, cfg: StoreConfig, tables_dir: str | Path | None = None, end: dt.datetime | None = None
+) -> dict[str, str]:
+    """Loads the feature values up to ``end`` (default now) into the online store, incrementally.
 
     A view never materialized before is loaded from the earliest timestamp in the data (Feast's
     default first window, now − TTL, would miss old data such as ML-100K's 1997-98 events); later
-    calls continue from where the previous one ended (``materialize_incremental``).
+    calls continue from where the previous one ended (``materialize_incremental``). A view already
+    materialized past ``end`` (a re-run of an earlier interval) is left alone: the online store never
+    goes back in time.
     """
     end = end or dt.datetime.now(dt.UTC)
     done: dict[str, str] = {}
-    first = [v.name for v in fs.list_feature_views() if v.most_recent_end_time is None]
+    views = fs.list_feature_views()
+    first = [v.name for v in views if v.most_recent_end_time is None]
     if first:
-        fs.materialize(start_date=_earliest(Path(cfg.data_dir)), end_date=end, feature_views=first)
+        fs.materialize(start_date=_earliest(Path(tables_dir or cfg.data_dir)), end_date=end, feature_views=first)
         done |= {v: "full" for v in first}
-    rest = [v.name for v in fs.list_feature_views() if v.name not in first]
+    rest = [v.name for v in views if v.name not in first and _utc(v.most_recent_end_time) < end]
     if rest:
         fs.materialize_incremental(end_date=end, feature_views=rest)
         done |= {v: "incremental" for v in rest}
+    done |= {v.name: "already later" for v in views if v.name not in done}
     return done
 
 
 def training_examples(interactions: pd.DataFrame, holdout: int = 2) -> pd.DataFrame:
     """Every training target: each user's events except the last ``holdout`` (validation and test),
-    ordered by time, stable on ties, as in the leave-last-out split."""
-    df = interactions[["user_id", "item_id", "event_timestamp"]].copy()
-    df["_row"] = np.arange(len(df))
-    df = df.sort_values(["user_id", "event_timestamp", "_row"], kind="stable")
+    in the trainer's order (time, stable on ties); ``target_timestamp`` is the event's key
+    (:func:`components.ingest.event_order`), so same-second events stay distinct and ordered."""
+    from .ingest import event_order
+
+    df, keys = event_order(interactions)
+    df["event_timestamp"] = pd.to_datetime(keys, unit="us", utc=True)
     from_end = df.groupby("user_id").cumcount(ascending=False)
-    out = df[from_end.to_numpy() >= holdout].drop(columns="_row").reset_index(drop=True)
+    out = df[from_end.to_numpy() >= holdout].reset_index(drop=True)
     out.insert(0, "example_id", np.arange(len(out), dtype=np.int64))
     return out.rename(columns={"item_id": "target_item_id", "event_timestamp": "target_timestamp"})
 
@@ -149,6 +168,32 @@ def training_set(fs, examples: pd.DataFrame, service: str | None = None, feature
     return df
 
 
+def history_parity(tables: Any, examples: pd.DataFrame, feast: pd.DataFrame, max_len: int) -> dict[str, Any]:
+    """Train/serve parity of histories: for every training target, the raw item ids the trainer feeds as
+    its history (the user's events before it in the encoded order, the last ``max_len``) against the
+    ``hist_item_ids`` Feast's point-in-time join returned. Also counts the targets with a same-second
+    predecessor (where the tie rule matters)."""
+    from .datasets import encode
+
+    enc = encode(tables, max_len=max_len)
+    data = enc.data
+    pos = examples.groupby("user_id").cumcount().to_numpy()  # examples are each user's events in order
+    uidx = np.searchsorted(enc.user_ids[1:], examples.user_id.to_numpy()) + 1
+    start = data.indptr[uidx].numpy()
+    items = data.items.numpy()
+    if not (enc.item_ids[items[start + pos]] == examples.target_item_id.to_numpy()).all():
+        raise RuntimeError("training examples are not in the trainer's event order")
+    mismatches, first = 0, None
+    for i, (s, p, got) in enumerate(zip(start, pos, feast.hist_item_ids, strict=True)):
+        expected = enc.item_ids[items[s + max(0, p - max_len) : s + p]].tolist()
+        if list(got) != expected:
+            mismatches += 1
+            first = first or {"example": i, "feast": list(got), "trainer": expected}
+    sec = examples.target_timestamp.dt.floor("s")
+    ties = int((sec.groupby(examples.user_id).diff() == pd.Timedelta(0)).sum())
+    return {"targets": len(examples), "mismatches": mismatches, "first": first, "same_second_predecessors": ties}
+
+
 def online_features(fs, user_ids: list[int], service: str | None = None, request_time: dt.datetime | None = None):
     """The latest features of these users from the online store (what serving calls).
 
@@ -161,26 +206,93 @@ def online_features(fs, user_ids: list[int], service: str | None = None, request
     return fs.get_online_features(features=refs, entity_rows=rows).to_dict()
 
 
-STEPS = ("ingest", "validate", "apply", "materialize", "training_set")
+STEPS = ("ingest", "validate", "apply", "materialize")
+PENDING = "pending.json"  # the last ingest's record: which snapshot the next steps build and publish
 
 
-def run_pipeline(cfg: Any, steps: tuple[str, ...] = STEPS, service: str | None = None) -> dict[str, Any]:
-    """ingest → validate → apply → materialize → training set for a ``RunConfig``; returns each step's
-    wall time (s) and row counts. Validation failure raises before anything reaches the feature store."""
-    import time
+def ingest_interval(cfg: Any, iv: Any = None) -> dict[str, Any]:
+    """Ingest step: the source's events of the data interval go to the event store; the tables as of the
+    interval's end become a new snapshot directory — unless nothing changed (``unchanged``: the latest
+    published snapshot already holds exactly this data) or it is already published (a re-run).
 
-    from feature_repo.definitions import service_for
-
+    Without an interval start (a manual run, the CLI), everything new since the last stored partition up
+    to the interval's end (default now) is released.
+    An event later than the present moment is bad data in any interval: it is released at once, so
+    that validation names it (in a replay, events after the interval's end are simply not due yet).
+    """
+    from . import snapshots as sn
     from .ingest import ingest
     from .train import load_tables
+
+    root = Path(cfg.features.dir)
+    tables = load_tables(cfg)
+    if iv is None or iv.start is None:  # everything new since the last stored partition, up to the end
+        parts, end = sn.partitions(root), (iv or sn.interval()).end
+        iv = parts[-1] if parts and parts[-1].end >= end else sn.Interval(parts[-1].end if parts else None, end)
+    inter = tables.interactions
+    now = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=cfg.validation.future_slack_s)
+    impossible = pd.to_datetime(inter.event_timestamp, utc=True) > now
+    cover, n_new = sn.store_events(root, inter[~impossible.to_numpy()], iv)
+    released = sn.released(tables, root, iv.end)
+    if impossible.any():
+        released.interactions = pd.concat([released.interactions, inter[impossible.to_numpy()]], ignore_index=True)
+        n_new += int(impossible.sum())
+    L = cfg.train.max_len
+    fp = sn.fingerprint(released, L)
+    record: dict[str, Any] = {
+        "snapshot": f"{sn._stamp(iv.end)}-{fp[:8]}", "interval": str(iv), "end": iv.end.isoformat(),
+        "partition": cover.name, "new_events": n_new, "fingerprint": fp, "max_len": L,
+        "data": json.loads(json.dumps(dataclasses.asdict(cfg.data), default=str)),
+    }  # fmt: skip
+    current = sn.latest(root)
+    if current is not None and current["fingerprint"] == fp:
+        why = f"no new data in {iv}: snapshot {current['id']} already holds exactly these tables"
+        record |= {"status": "unchanged", "snapshot": current["id"], "why": why}
+    elif (sn.snapshot_dir(root, record["snapshot"]) / sn.MANIFEST).exists():
+        record |= {"status": "published", "why": f"snapshot {record['snapshot']} is already published"}
+    else:
+        d = sn.snapshot_dir(root, record["snapshot"])
+        res = ingest(released, d, L)
+        record |= {"status": "new", "rows": res.rows}
+        atomic_write_json(d / "source.json", record)
+    atomic_write_json(root / PENDING, record)
+    return record
+
+
+def pending(root: str | Path, snapshot: str | None = None) -> dict[str, Any]:
+    """The record of the snapshot being built (``snapshot``, or the last ingested one)."""
+    p = Path(root) / PENDING
+    if not p.exists():
+        raise FileNotFoundError(f"{root} has no ingested data: run the ingest step first")
+    record = json.loads(p.read_text())
+    if snapshot is not None and record["snapshot"] != snapshot:
+        from . import snapshots as sn
+
+        src = sn.snapshot_dir(root, snapshot) / "source.json"
+        if not src.exists():
+            raise FileNotFoundError(f"snapshot {snapshot} was never ingested into {root}")
+        record = {**json.loads(src.read_text()), "status": "new"}
+        if (sn.snapshot_dir(root, snapshot) / sn.MANIFEST).exists():
+            record["status"] = "published"
+    return record
+
+
+def run_pipeline(cfg: Any, steps: tuple[str, ...] = STEPS, interval: Any = None,
+                 snapshot: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """ingest → validate → apply → materialize (→ publish) for a ``RunConfig`` and a data interval; returns
+    the snapshot record, each step's wall time (s) and row counts. Validation failure raises before
+    anything reaches the feature store; a snapshot is published only after materialize succeeded."""
+    import time
+
+    from . import snapshots as sn
     from .validate import validate
 
     unknown = set(steps) - set(STEPS)
     if unknown:
         raise ValueError(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
-    store_cfg = StoreConfig(cfg.features.dir, cfg.features.online, cfg.features.redis)
+    root = Path(cfg.features.dir)
+    store_cfg = StoreConfig(str(root), cfg.features.online, cfg.features.redis)
     out: dict[str, Any] = {"seconds": {}, "rows": {}}
-    fs = None
 
     def timed(name: str, fn):
         t0 = time.perf_counter()
@@ -190,28 +302,26 @@ def run_pipeline(cfg: Any, steps: tuple[str, ...] = STEPS, service: str | None =
         return result
 
     if "ingest" in steps:
-        res = timed("ingest", lambda: ingest(load_tables(cfg), cfg.features.dir, cfg.train.max_len))
-        out["rows"].update(res.rows)
-        # Where the tables came from, so a training run asking for other data is refused, not fed these.
-        source = {"data": dataclasses.asdict(cfg.data), "fingerprint": res.fingerprint, "rows": res.rows}
-        (Path(cfg.features.dir) / "source.json").write_text(json.dumps(source, indent=2, default=str))
+        record = timed("ingest", lambda: ingest_interval(cfg, interval))
+        snapshot = record["snapshot"]
+    else:
+        record = pending(root, snapshot)
+    out |= {k: record.get(k) for k in ("snapshot", "status", "why", "interval", "new_events")}
+    out["rows"].update(record.get("rows", {}))
+    if record["status"] != "new":
+        logger.info("nothing to build: %s", record.get("why"))
+        return out
+    d = sn.snapshot_dir(root, record["snapshot"])
     if "validate" in steps:
         vcfg = dataclasses.replace(cfg.validation, max_len=cfg.train.max_len)
-        rep = timed("validate", lambda: validate(cfg.features.dir, vcfg))
+        rep = timed("validate", lambda: validate(d, vcfg))
         out["data_docs"] = rep.data_docs
+    fs = None
     if "apply" in steps:
-        fs = timed("apply", lambda: apply(store_cfg))
+        fs = timed("apply", lambda: apply(store_cfg, d))
     if "materialize" in steps:
         fs = fs or store(store_cfg)
-        timed("materialize", lambda: materialize(fs, store_cfg))
-    if "training_set" in steps:
-        fs = fs or store(store_cfg)
-
-        def build() -> pd.DataFrame:
-            examples = training_examples(pd.read_parquet(Path(cfg.features.dir) / "interactions.parquet"))
-            df = training_set(fs, examples, service or service_for(cfg.model))
-            df.to_parquet(Path(cfg.features.dir) / "training_set.parquet", index=False)
-            return df
-
-        out["rows"]["training_set"] = len(timed("training_set", build))
+        end = dt.datetime.fromisoformat(record["end"])
+        timed("materialize", lambda: materialize(fs, store_cfg, d, end))
+        out["published"] = sn.publish(root, record["snapshot"], record, root / "registry.db")
     return out

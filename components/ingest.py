@@ -7,13 +7,15 @@ item files. Output, under a run-scoped directory::
     interactions.parquet   user_id int64, item_id int64, event_timestamp timestamp[us, UTC], rating float64
     users.parquet          user_id + profile columns + event_timestamp
     items.parquet          item_id + attributes + event_timestamp
-    user_behaviour.parquet one row per (user_id, event_timestamp) at which the user acted:
-                           hist_item_ids list<int64> (the last L items at or before that moment,
-                           oldest → newest), hist_timestamps list<int64> (unix seconds), hist_len
+    user_behaviour.parquet one row per event, at the event's key (its time, ties spread by 1 µs in file
+                           order, see :func:`event_order`): hist_item_ids list<int64> (the last L items
+                           up to and including that event, oldest → newest), hist_timestamps
+                           list<int64> (unix seconds), hist_len
 
-A snapshot is the state right after its moment, which is what the online store must hold. A training
-example at time t therefore reads the snapshot as of just before t (see components.features), so its
-history ends strictly before its target. Ingest is idempotent: the same input writes the same bytes.
+A snapshot is the state right after its event, which is what the online store must hold. A training
+example whose target has key k therefore reads the snapshot as of k − 1 µs (see components.features):
+its history is exactly the events before its target in the trainer's order. Ingest is idempotent: the
+same input writes the same bytes.
 """
 
 from __future__ import annotations
@@ -80,27 +82,43 @@ def tables_from_interactions(inter: pd.DataFrame) -> Tables:
     return Tables(inter, users, items)
 
 
-def user_behaviour(interactions: pd.DataFrame, max_len: int) -> pd.DataFrame:
-    """The snapshot table: one row per (user, distinct event time), vectorised over all users.
+def event_order(interactions: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The events sorted per user by time, stable on ties (file order): the order the trainer's causal
+    histories use. Also returns each event's *event key*: its timestamp in µs, moved forward just enough
+    to be strictly increasing within the user (``key[i] = max(ts[i], key[i-1] + 1 µs)``).
 
-    Events are ordered per user by time, stable on ties (file order), as in the training split.
+    The tie rule: two events of a user in the same second (ML-100K has thousands) keep file order,
+    and the later one's history contains the earlier one — in training, in Feast's point-in-time join
+    (a target at key k reads the snapshot as of k − 1 µs, which is the previous event's) and in serving.
+    Keys are used only for the behaviour snapshots and training targets; the interactions table keeps
+    its timestamps as given (so duplicates are still caught by validation).
     """
-    if max_len < 1:
-        raise ValueError(f"max_len must be ≥ 1, got {max_len}")
     df = interactions[["user_id", "item_id", "event_timestamp"]].copy()
     df["_row"] = np.arange(len(df))
-    df = df.sort_values(["user_id", "event_timestamp", "_row"], kind="stable")
+    df = df.sort_values(["user_id", "event_timestamp", "_row"], kind="stable").drop(columns="_row")
+    users = df.user_id.to_numpy()
+    us = df.event_timestamp.to_numpy(dtype="datetime64[us]").astype(np.int64)
+    n = len(df)
+    first = np.maximum.accumulate(np.where(np.r_[True, users[1:] != users[:-1]], np.arange(n), 0))
+    step = np.arange(n) - first  # position within the user
+    shifted = pd.Series(us - step).groupby(users).cummax().to_numpy()  # running max of ts[j] − j
+    return df.reset_index(drop=True), shifted + step
+
+
+def user_behaviour(interactions: pd.DataFrame, max_len: int) -> pd.DataFrame:
+    """The snapshot table: one row per event, at its event key (:func:`event_order`), holding the user's
+    last ``max_len`` items up to and including that event. Vectorised over all users."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be ≥ 1, got {max_len}")
+    df, keys = event_order(interactions)
     users = df.user_id.to_numpy()
     items = df.item_id.to_numpy(dtype=np.int64)
     secs = df.event_timestamp.to_numpy(dtype="datetime64[us]").astype(np.int64) // 1_000_000
-    ts = df.event_timestamp.to_numpy()
     n = len(df)
     new_user = np.r_[True, users[1:] != users[:-1]]
     first = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))  # first event row of each user
-    # A snapshot at each user's last event of every distinct timestamp (its history includes all ties).
-    last_of_time = np.r_[(users[1:] != users[:-1]) | (ts[1:] != ts[:-1]), True]
-    ends = np.flatnonzero(last_of_time) + 1  # exclusive end of the history window
-    starts = np.maximum(first[ends - 1], ends - max_len)
+    ends = np.arange(1, n + 1)  # exclusive end of each snapshot's history window
+    starts = np.maximum(first, ends - max_len)
     lengths = ends - starts
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32 if lengths.sum() < 2**31 else np.int64)
     gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
@@ -109,8 +127,8 @@ def user_behaviour(interactions: pd.DataFrame, max_len: int) -> pd.DataFrame:
     hist_ts = lists.from_arrays(offsets, secs[gather])
     return pa.table(
         {
-            "user_id": pa.array(users[ends - 1], pa.int64()),
-            "event_timestamp": pa.array(ts[ends - 1]).cast(pa.timestamp("us", tz="UTC")),
+            "user_id": pa.array(users, pa.int64()),
+            "event_timestamp": pa.array(keys, pa.timestamp("us", tz="UTC")),
             "hist_item_ids": hist,
             "hist_timestamps": hist_ts,
             "hist_len": pa.array(lengths, pa.int64()),

@@ -46,60 +46,117 @@ def _read(run_dir: Path, name: str, step: str) -> dict[str, Any]:
 
 
 # --- features ------------------------------------------------------------------------------------------
-def features(cfg: RunConfig, steps: tuple[str, ...] = FEATURE_STEPS) -> dict[str, Any]:
-    """The feature DAG's steps (a validation failure raises before anything reaches Feast)."""
+def features(
+    cfg: RunConfig, steps: tuple[str, ...] = FEATURE_STEPS, interval: Any = None, snapshot: str | None = None
+) -> dict[str, Any]:
+    """The feature DAG's steps for a data interval (a validation failure raises before anything reaches
+    Feast); the snapshot is published when materialize is done (components.snapshots)."""
     from .features import run_pipeline
 
-    out = run_pipeline(cfg, steps)
+    out = run_pipeline(cfg, steps, interval, snapshot)
     return {"dir": str(Path(cfg.features.dir).resolve()), **out}
 
 
 # --- training ------------------------------------------------------------------------------------------
-def training_set(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Every training target's features, point in time, from Feast's offline store."""
-    from .features import run_pipeline
+PIN = "snapshot.json"  # the feature snapshot a training run reads, from its first step to its last
 
-    _require_features(cfg)
-    out = run_pipeline(cfg, ("training_set",))
-    summary = {"path": str(Path(cfg.features.dir) / "training_set.parquet"), "rows": out["rows"]["training_set"],
-               "seconds": out["seconds"]["training_set"]}  # fmt: skip
+
+class NothingNew(Exception):
+    """This model with these settings was already trained on this snapshot; ``version`` has it."""
+
+    def __init__(self, reason: str, version: str | None):
+        super().__init__(reason)
+        self.version = version
+
+
+def pinned(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = None) -> dict[str, Any]:
+    """The run's feature snapshot: pinned by its first step (``snapshot``, else ``features.snapshot``,
+    else the latest published one) and read back by every later step and retry. Refuses a snapshot that
+    is unpublished, failed validation, or holds data of other settings than the run asks for."""
+    from . import snapshots as sn
+
+    p = Path(run_dir) / PIN
+    if p.exists():
+        return json.loads(p.read_text())
+    root = Path(cfg.features.dir)
+    sid = snapshot or cfg.features.snapshot or (sn.latest(root) or {}).get("id")
+    if not sid:
+        raise FileNotFoundError(f"{root} has no published feature snapshot: run the recall_features DAG "
+                                "(or `recall features run`)")  # fmt: skip
+    record = sn.manifest(root, sid)
+    d = Path(record["dir"])
+    report = json.loads((d / "validation.json").read_text()) if (d / "validation.json").exists() else {}
+    if not report.get("success", False):
+        raise ValueError(f"snapshot {sid} failed validation ({d / 'validation.json'}); fix the data, re-run features")
+    wanted = json.loads(json.dumps(dataclasses.asdict(cfg.data), default=str))
+    if record["data"] != wanted:
+        diff = sorted(k for k in set(record["data"]) | set(wanted) if record["data"].get(k) != wanted.get(k))
+        raise ValueError(
+            f"snapshot {sid} holds data ingested with other data settings ({', '.join('data.' + k for k in diff)}: "
+            f"{[record['data'].get(k) for k in diff]} there, {[wanted.get(k) for k in diff]} asked for); "
+            "run recall_features with the same config and overrides first"
+        )
+    _write(run_dir, PIN, record)
+    return record
+
+
+def already_trained(cfg: RunConfig, snapshot: dict[str, Any]) -> str | None:
+    """The registered version of this model trained on this snapshot's data with the same settings."""
+    from .registry import Registry
+
+    reg, sig = Registry(cfg.registry), cfg.training_signature()
+    for v in reversed(reg.versions(cfg.model)):
+        meta = json.loads((reg.root / cfg.model / v / "model.json").read_text())
+        if meta.get("training_signature") == sig and meta.get("snapshot_fingerprint") == snapshot["fingerprint"]:
+            return meta["tag"]
+    return None
+
+
+def training_set(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = None, force: bool = False) -> dict:
+    """The first training step: pins the feature snapshot, stops with :class:`NothingNew` when this model
+    was already trained on that data with the same settings (unless ``force``), then builds Feast's
+    point-in-time training set for every target and checks train/serve parity: each target's Feast
+    history must equal the trainer's (components.features.history_parity); a difference fails the run."""
+    import time
+
+    from feature_repo.definitions import service_for
+
+    from . import features as ft
+    from .datasets import Tables
+
+    snap = pinned(cfg, run_dir, snapshot)
+    if not force and (tag := already_trained(cfg, snap)):
+        why = (f"nothing new: {tag} was trained on snapshot {snap['id']} (the same data) with the same settings; "
+               "nothing to train (force it with the force param / --force)")  # fmt: skip
+        _write(run_dir, "nothing_new.json", {"reason": why, "version": tag, "snapshot": snap["id"]})
+        raise NothingNew(why, tag)
+    t0 = time.perf_counter()
+    d = Path(snap["dir"])
+    tables = Tables.read(d)
+    fcfg = cfg.features
+    fs = ft.store(ft.StoreConfig(str(fcfg.dir), fcfg.online, fcfg.redis, registry=str(d / "registry.db")))
+    examples = ft.training_examples(tables.interactions)
+    df = ft.training_set(fs, examples, service_for(cfg.model))
+    parity = ft.history_parity(tables, examples, df, cfg.train.max_len)
+    summary = {"snapshot": snap["id"], "rows": len(df), "parity": parity,
+               "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     _write(run_dir, "training_set.json", summary)
+    if parity["mismatches"]:
+        raise ValueError(f"train/serve skew on snapshot {snap['id']}: {parity['mismatches']} of {parity['targets']} "
+                         "training targets see another history in Feast than in training, "
+                         f"e.g. {parity['first']}")  # fmt: skip
     return summary
 
 
-def _require_features(cfg: RunConfig) -> None:
-    d = Path(cfg.features.dir)
-    missing = [f for f in ("interactions.parquet", "validation.json") if not (d / f).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"{d} lacks {', '.join(missing)}: run the recall_features DAG (or `recall features run`)"
-        )
-    report = json.loads((d / "validation.json").read_text())
-    if not report.get("success", False):
-        raise ValueError(f"the data in {d} failed validation ({d / 'validation.json'}); fix it and re-run features")
-    source = d / "source.json"
-    if source.exists():
-        ingested = json.loads(source.read_text())["data"]
-        wanted = json.loads(json.dumps(dataclasses.asdict(cfg.data), default=str))
-        if ingested != wanted:
-            diff = sorted(k for k in set(ingested) | set(wanted) if ingested.get(k) != wanted.get(k))
-            raise ValueError(
-                f"{d} holds data ingested with other data settings ({', '.join('data.' + k for k in diff)}: "
-                f"{[ingested.get(k) for k in diff]} there, {[wanted.get(k) for k in diff]} asked for); "
-                "run recall_features with the same config and overrides first"
-            )
-
-
 def training_config(cfg: RunConfig, run_dir: str | Path) -> RunConfig:
-    """The run config the train step uses: the feature store's validated tables, output in ``run_dir``."""
-    data = DataConfig(source="parquet", path=str(Path(cfg.features.dir).resolve()))
+    """The run config the train step uses: the pinned snapshot's validated tables, output in ``run_dir``."""
+    data = DataConfig(source="parquet", path=pinned(cfg, run_dir)["dir"])
     return dataclasses.replace(cfg, data=data, out_dir=str(Path(run_dir).resolve()))
 
 
 def train(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     from . import train as tr
 
-    _require_features(cfg)
     out = tr.run(training_config(cfg, run_dir))
     return {"run_dir": out.run_dir, "best_epoch": out.best_epoch, "train_seconds": round(out.train_seconds, 2),
             "examples_per_s": round(out.examples_per_s), "test": out.test_metrics}  # fmt: skip
@@ -150,6 +207,8 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         result["slices"][part] = compare.sliced(ranks, compare.slices(enc.data, rows, counts, prod), rcfg.ks)
     result["dataset_fingerprint"] = config.get("dataset_fingerprint")
     result["exclude_seen"] = rcfg.exclude_seen
+    if (run_dir / "training_set.json").exists():  # the snapshot and the train/serve parity check
+        result["training_set"] = json.loads((run_dir / "training_set.json").read_text())
     history = json.loads((run_dir / "metrics.json").read_text()).get("history", [])
     result["report"] = str(write_report(result, history, run_dir / "report.html"))
     _write(run_dir, "evaluation.json", result)
@@ -224,9 +283,11 @@ def run(
     run_dir: str | Path | None = None,
     with_features: bool = True,
     on_step: Callable[[str, dict[str, Any], float], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Every step in order without an orchestrator (``recall pipeline run``); stops at the first failure.
-    Returns each step's summary and wall time."""
+    Returns each step's summary and wall time; when this model was already trained on the snapshot's data
+    with the same settings, stops after pinning it with ``nothing_new`` (the reason) and ``version``."""
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     steps: dict[str, Any] = {}
@@ -241,7 +302,12 @@ def run(
 
     if with_features:
         step("features", lambda: features(cfg))
-    for name in TRAINING_STEPS:
+    try:
+        step("training_set", lambda: training_set(cfg, run_dir, force=force))
+    except NothingNew as e:
+        return {"run_dir": str(run_dir), "steps": steps, "seconds": seconds,
+                "nothing_new": str(e), "version": e.version}  # fmt: skip
+    for name in TRAINING_STEPS[1:]:
         step(name, lambda fn=STEP_FUNCTIONS[name]: fn(cfg, run_dir))
     return {"run_dir": str(run_dir), "steps": steps, "seconds": seconds}
 

@@ -109,6 +109,8 @@ def publish_run(
     model, config = load_checkpoint(run_dir)
     record = json.loads((run_dir / "export.json").read_text())
     index = json.loads((run_dir / "index.json").read_text())
+    pin = run_dir / "snapshot.json"  # the feature snapshot a pipeline run trained on (components.pipeline)
+    snapshot = json.loads(pin.read_text()) if pin.exists() else {}
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
 
@@ -121,6 +123,9 @@ def publish_run(
             "multi_interest": model.multi_interest,
             "n_items": int(index["report"]["n_items"]),
             "dataset_fingerprint": config.get("dataset_fingerprint"),
+            "snapshot": snapshot.get("id"),
+            "snapshot_fingerprint": snapshot.get("fingerprint"),
+            "training_signature": config_from_dict(config["run"]).training_signature(),
             "run_dir": str(run_dir),
             "config": {"model": model.config(), "run": config["run"]},
             "metrics": {

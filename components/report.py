@@ -58,6 +58,7 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
             f"<h1>{html.escape(ev['model'])}: evaluation</h1>",
             f"<p>Full corpus, seen items {'masked' if ev.get('exclude_seen', True) else 'not masked'}; "
             f"dataset {html.escape(str(ev.get('dataset_fingerprint')))}; {prod_line}.</p>",
+            _parity_html(ev.get("training_set")),
             GATE_MARK + GATE_END,
             "<h2>Test</h2>" + table(head, _rows(ev, "test", ks)),
             "<h2>Validation</h2>" + table(head, _rows(ev, "val", ks)),
@@ -76,6 +77,18 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, doc)
     return path
+
+
+def _parity_html(ts: dict[str, Any] | None) -> str:
+    """The feature snapshot trained on and the train/serve history parity check of the training set."""
+    if not ts:
+        return ""
+    p = ts["parity"]
+    ok = p["targets"] - p["mismatches"]
+    word = '<span class="pass">identical</span>' if not p["mismatches"] else '<span class="fail">DIFFERENT</span>'
+    return (f"<p>Feature snapshot {html.escape(ts['snapshot'])}: {ok:,} of {p['targets']:,} training targets have "
+            f"{word} histories in Feast's point-in-time training set and in training "
+            f"({p['same_second_predecessors']:,} follow an event of the same second).</p>")  # fmt: skip
 
 
 def _slices_html(ev: dict[str, Any], part: str) -> str:

@@ -17,9 +17,11 @@ FEATURES_ASSET_URI = os.environ.get("RECALL_FEATURES_ASSET", "file:///recall/fea
 
 
 def dag_defaults(retries: int, retry_delay_min: int) -> dict[str, Any]:
-    """What every recall DAG shares: no backfill, one run at a time, retries for its tasks."""
+    """What every recall DAG shares: no automatic catch-up, one run at a time, retries for its tasks. The
+    start date lies before any dataset's events, so a replay (`airflow dags test <dag> 1997-10-01`, a
+    backfill) of old data runs its tasks; with catch-up off the scheduler itself only runs the latest."""
     return {
-        "start_date": pendulum.datetime(2026, 1, 1, tz="UTC"),
+        "start_date": pendulum.datetime(1990, 1, 1, tz="UTC"),
         "catchup": False,
         "max_active_runs": 1,
         "default_args": {"retries": retries, "retry_delay": timedelta(minutes=retry_delay_min)},

@@ -1,8 +1,10 @@
 """
 ### recall_training
 
-Runs when `recall_features` updates the features Asset, or by hand with params:
-`training_set` (Feast point-in-time training set) → `train` → `evaluate` (full corpus, report.html with
+Runs when `recall_features` publishes a feature snapshot (the Asset event names it), or by hand with
+params: `training_set` (pins the snapshot for the whole run; stops, skipping the rest, when this model
+was already trained on that data with the same settings; Feast's point-in-time training set with the
+train/serve history parity check) → `train` → `evaluate` (full corpus, report.html with
 curves) → `gate` (floors, must beat popularity, no regression vs the production model) → `export`
 (ONNX towers, parity-checked) → `index` (Faiss, ANN recall measured) → `register` (a new *candidate*
 version; routing untouched: `recall ab start` puts it in front of users).
@@ -17,7 +19,8 @@ running the same entry point, `recall pipeline step train`.
 
 Params: `config` (default `$RECALL_CONFIG` or `configs/demo.yaml`), `model` (empty: the config's),
 `overrides` (`key=value` settings, e.g. `train.epochs=30`; `bentoml_store=false` keeps the version out
-of the BentoML model store), `run_name` (empty: from the DAG run id).
+of the BentoML model store), `run_name` (empty: from the DAG run id), `snapshot` (empty: the one the
+triggering Asset event names, else the latest published), `force` (train even if nothing is new).
 """
 
 from __future__ import annotations
@@ -80,18 +83,29 @@ def train_pod(k8s):
         "model": Param("", type="string", description="model to train (empty: the config's)"),
         "overrides": Param([], type="array", items={"type": "string"}, description="key=value settings"),
         "run_name": Param("", type="string", description="run directory name (empty: from the run id)"),
+        "snapshot": Param("", type="string", description="feature snapshot to pin (empty: the Asset's, or latest)"),
+        "force": Param(False, type="boolean", description="train even when nothing is new"),
     },
     **dag_defaults(retries=1, retry_delay_min=2),
 )
 def recall_training():
     @task
-    def training_set(params: dict | None = None, run_id: str | None = None) -> dict:
+    def training_set(params: dict | None = None, run_id: str | None = None, triggering_asset_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from components import pipeline
 
+        events = [e for evs in (triggering_asset_events or {}).values() for e in evs if (e.extra or {}).get("snapshot")]
+        snapshot = params.get("snapshot") or (events[-1].extra["snapshot"] if events else None)
         with project(params) as cfg:
             run_dir = pipeline.new_run_dir(cfg, params["run_name"] or f"{cfg.model}-{run_id}")
-            out = pipeline.training_set(cfg, run_dir)
-        print(f"training set: {out['rows']:,} examples, {out['seconds']:.1f}s; run directory {run_dir}")
+            try:
+                out = pipeline.training_set(cfg, run_dir, snapshot, force=bool(params.get("force")))
+            except pipeline.NothingNew as e:
+                raise AirflowSkipException(str(e)) from None  # the run succeeds; nothing downstream runs
+        print(f"training set of snapshot {out['snapshot']}: {out['rows']:,} examples, {out['seconds']:.1f}s, "
+              f"train/serve history parity {out['parity']['targets'] - out['parity']['mismatches']:,}"
+              f"/{out['parity']['targets']:,}; run directory {run_dir}")  # fmt: skip
         return {"run_dir": str(run_dir), **out}
 
     @task

@@ -9,6 +9,7 @@ from components.datasets import load_ml100k
 from components.features import StoreConfig, apply, training_examples, training_set
 from components.ingest import ingest
 from components.validate import ValidationConfig, validate
+from tests.parity import assert_histories_match
 
 pytestmark = pytest.mark.data
 L = 50
@@ -43,3 +44,6 @@ def test_ml100k_training_set_one_row_per_example_without_leakage(ml_dir):
     # Every example after a user's first second has a history; 1997-98 data is inside the TTL.
     later = df.groupby("user_id").target_timestamp.transform("min") < df.target_timestamp
     assert (df.hist_len[later] > 0).all()
+    # Train/serve parity for every training target, same-second ties included (thousands in ML-100K).
+    ties = assert_histories_match(load_ml100k(), examples, df, L)
+    assert ties > 1000

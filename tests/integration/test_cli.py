@@ -1,10 +1,12 @@
 """The `recall` CLI end to end on a small synthetic run (in-process, real files)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from components import snapshots
 from components.cli import app
 from tests.small import LOOP, flags
 
@@ -69,10 +71,17 @@ def test_demo_runs_the_main_job_through_airflow(tmp_path):
     assert res.exit_code == 0, res.output
     assert "airflow dags test recall_features" in res.output and "airflow dags test recall_training" in res.output
     assert (tmp_path / "airflow" / "airflow.db").exists()  # the real Airflow's metadata DB, set up on the fly
-    assert "top-10 for user" in res.output and (tmp_path / "features" / "interactions.parquet").exists()
-    assert (tmp_path / "features" / "validation.json").exists() and (tmp_path / "features" / "online_store.db").exists()
+    snapshot = snapshots.latest(tmp_path / "features")
+    assert "top-10 for user" in res.output and (Path(snapshot["dir"]) / "interactions.parquet").exists()
+    assert (Path(snapshot["dir"]) / "validation.json").exists() and (tmp_path / "features" / "online_store.db").exists()
     assert "gate passed" in res.output and "beats popularity on ndcg@10" in res.output
     assert "recall-sasrec:v1 (candidate)" in res.output
     assert (tmp_path / "registry" / "sasrec" / "v1" / "model.json").exists()
     assert len(list((tmp_path / "runs").glob("*/report.html"))) == 1
     assert "POST /recall" in res.output and '"model": "recall-sasrec:v1"' in res.output  # the real service answered
+    # The next day with no new data: nothing is published, trained or registered; the demo serves v1.
+    again = runner.invoke(app, ["demo", "-s", f"out_dir={tmp_path}", *flags(LOOP), "--no-serve"])
+    assert again.exit_code == 0, again.output
+    assert "ingest" in again.output and "skipped" in again.output  # no new data: features DAG skipped
+    assert f"nothing new: recall-sasrec:v1 was trained on snapshot {snapshot['id']}" in again.output
+    assert "top-10 for user" in again.output and not (tmp_path / "registry" / "sasrec" / "v2").exists()

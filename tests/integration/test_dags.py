@@ -2,14 +2,18 @@
 `airflow dags test` runs against a SQLite metadata database."""
 
 import json
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from components.airflow_local import asset_events, dags_test, ensure_db, environment
+from components import snapshots
+from components.airflow_local import asset_event_extras, asset_events, dags_test, ensure_db, environment
 from components.promote import read_audit
 from components.registry import Registry
 from tests.small import LOOP, placed
@@ -201,9 +205,11 @@ def test_features_dag_validates_loads_feast_and_updates_the_asset(airflow_env, f
     assert {t: v["state"] for t, v in run.tasks.items()} == dict.fromkeys(
         ["ingest", "validate", "apply", "materialize"], "success"
     )
-    assert json.loads((out / "features" / "validation.json").read_text())["success"]
+    latest = snapshots.latest(out / "features")
+    assert json.loads((Path(latest["dir"]) / "validation.json").read_text())["success"]
     assert (out / "features" / "online_store.db").exists()
     assert asset_events(airflow_env, FEATURES_URI) == before + 1  # this is what schedules recall_training
+    assert asset_event_extras(airflow_env, FEATURES_URI)[-1]["snapshot"] == latest["id"]  # ... on that snapshot
 
 
 def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_the_gate(airflow_env, features_run):
@@ -222,7 +228,7 @@ def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_th
     before = _tree(out / "registry")
     bad = dags_test(
         "recall_training",
-        {"overrides": [*overrides, "gate.floors={recall@20: 0.999}"], "run_name": "floor"},
+        {"overrides": [*overrides, "gate.floors={recall@20: 0.999}"], "run_name": "floor", "force": True},
         airflow_env,
         timeout_s=900,
     )
@@ -259,4 +265,66 @@ def test_bad_data_stops_the_features_dag_at_validation(airflow_env, tmp_path):
     assert not (tmp_path / "features" / "registry.db").exists()  # Feast never saw the data
     assert not (tmp_path / "features" / "online_store.db").exists()
     assert asset_events(airflow_env, FEATURES_URI) == before  # so recall_training is never scheduled
-    assert not json.loads((tmp_path / "features" / "validation.json").read_text())["success"]
+    built = json.loads((tmp_path / "features" / "pending.json").read_text())["snapshot"]
+    assert not json.loads((tmp_path / "features" / "snapshots" / built / "validation.json").read_text())["success"]
+    assert snapshots.published(tmp_path / "features") == [] and snapshots.latest(tmp_path / "features") is None
+
+
+# --- day after day ----------------------------------------------------------------------------------------
+def _files(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
+def test_consecutive_days_publish_snapshots_and_a_pinned_training_run_is_unaffected(airflow_env, tmp_path):
+    """Two logical days of the synthetic world replayed: two snapshots. A training run pinned to day 1 is
+    unaffected by day 2's features run started while it trains (its own Airflow home: two runs at once);
+    re-running day 2 publishes nothing and a training run on day 1's data again registers nothing."""
+    out = tmp_path
+    overrides = LOOP + placed(out)
+    root = out / "features"
+    day1 = dags_test("recall_features", {"overrides": overrides}, airflow_env, 600, logical_date="2024-05-01")
+    assert day1.ok, day1.output[-4000:]
+    (s1,) = snapshots.published(root)
+    # (`dags test` gives a run the empty interval [logical date, logical date]: the run releases what
+    # is new up to its logical date; a scheduled run releases its own [start, end).)
+    assert snapshots.manifest(root, s1)["interval"].startswith("[the beginning, 2024-05-01T00:00:00")
+    assert asset_event_extras(airflow_env, FEATURES_URI)[-1]["snapshot"] == s1
+    frozen = _files(root / "snapshots" / s1)
+
+    other_home = environment(tmp_path / "airflow-2", {"AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
+    ensure_db(other_home)
+    result = {}
+    training = threading.Thread(target=lambda: result.update(run=dags_test(
+        "recall_training", {"overrides": overrides, "run_name": "day1", "snapshot": s1}, other_home, 900)))  # fmt: skip
+    training.start()
+    pin = out / "runs" / "day1" / "snapshot.json"
+    deadline = time.time() + 300
+    while not pin.exists() and time.time() < deadline and training.is_alive():
+        time.sleep(0.5)
+    assert pin.exists(), "the training run never pinned its snapshot"
+    day2 = dags_test("recall_features", {"overrides": overrides}, airflow_env, 600, logical_date="2024-05-02")
+    training.join(timeout=900)
+    assert day2.ok, day2.output[-4000:]
+    run = result["run"]
+    assert run.ok, run.output[-4000:]
+    s2 = snapshots.latest(root)["id"]
+    assert snapshots.published(root) == sorted([s1, s2]) and s2 != s1
+    m2 = snapshots.manifest(root, s2)
+    assert m2["new_events"] > 0 and m2["interval"] == "[2024-05-01T00:00:00+00:00, 2024-05-02T00:00:00+00:00)"
+    mv = Registry(out / "registry").get("sasrec")
+    assert mv.meta["snapshot"] == s1  # trained, evaluated, exported and indexed on day 1 only
+    assert _files(root / "snapshots" / s1) == frozen  # a published snapshot never changes
+
+    events = asset_events(airflow_env, FEATURES_URI)
+    again = dags_test("recall_features", {"overrides": overrides}, airflow_env, 600, logical_date="2024-05-02")
+    assert again.ok and again.tasks["ingest"]["state"] == "skipped", again.output[-3000:]
+    assert "no new data" in again.output and asset_events(airflow_env, FEATURES_URI) == events
+    assert snapshots.published(root) == sorted([s1, s2])
+
+    registry = _tree(out / "registry")
+    same = dags_test("recall_training", {"overrides": overrides, "run_name": "day1-again", "snapshot": s1},
+                     airflow_env, 900)  # fmt: skip
+    assert same.ok and all(t["state"] == "skipped" for t in same.tasks.values()), same.output[-3000:]
+    assert f"nothing new: {mv.tag} was trained on snapshot {s1}" in same.output
+    assert _tree(out / "registry") == registry
+    shutil.rmtree(tmp_path / "airflow-2", ignore_errors=True)

@@ -1,16 +1,17 @@
 """The feature pipeline against real Feast (SQLite and Redis online stores) and real Great Expectations."""
 
 import dataclasses
+import json
 import shutil
 import socket
 import subprocess
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from components import snapshots
 from components.cli import app
 from components.datasets import SyntheticConfig, Tables, generate_synthetic
 from components.features import (
@@ -23,6 +24,7 @@ from components.features import (
 )
 from components.ingest import ingest, user_behaviour
 from serving.process import free_port
+from tests.parity import assert_histories_match
 
 pytestmark = pytest.mark.integration
 L = 10
@@ -64,14 +66,16 @@ def test_behaviour_snapshots_hand_worked():
     ts = pd.to_datetime([100, 200, 200, 300, 400, 50], unit="s", utc=True)
     inter = pd.DataFrame({"user_id": [1, 1, 1, 1, 1, 2], "item_id": [10, 20, 21, 30, 40, 99], "event_timestamp": ts})
     beh = user_behaviour(inter, max_len=3)
-    assert beh.user_id.tolist() == [1, 1, 1, 1, 2]  # one row per (user, distinct time): the tie is one snapshot
-    assert [list(h) for h in beh.hist_item_ids] == [[10], [10, 20, 21], [20, 21, 30], [21, 30, 40], [99]]
-    assert beh.hist_len.tolist() == [1, 3, 3, 3, 1]
-    assert [list(h) for h in beh.hist_timestamps][1] == [100, 200, 200]
-    assert _seconds(beh.event_timestamp).tolist() == [100, 200, 300, 400, 50]
+    assert beh.user_id.tolist() == [1, 1, 1, 1, 1, 2]  # one row per event
+    assert [list(h) for h in beh.hist_item_ids] == [[10], [10, 20], [10, 20, 21], [20, 21, 30], [21, 30, 40], [99]]
+    assert beh.hist_len.tolist() == [1, 2, 3, 3, 3, 1]
+    assert [list(h) for h in beh.hist_timestamps][2] == [100, 200, 200]
+    # The tie rule: the second event of second 200 gets the key 200 s + 1 µs (file order kept).
+    us = beh.event_timestamp.astype("datetime64[us, UTC]").astype("int64").tolist()
+    assert us == [100_000_000, 200_000_000, 200_000_001, 300_000_000, 400_000_000, 50_000_000]
 
 
-def test_training_set_has_exactly_one_row_per_example(fs, feature_dir):
+def test_training_set_has_exactly_one_row_per_example_with_the_trainers_histories(fs, feature_dir):
     inter = pd.read_parquet(feature_dir / "interactions.parquet")
     examples = training_examples(inter)
     assert len(examples) == len(inter) - 2 * inter.user_id.nunique()
@@ -85,6 +89,8 @@ def test_training_set_has_exactly_one_row_per_example(fs, feature_dir):
     assert (df.hist_len == df.hist_item_ids.map(len)).all() and df.hist_len.max() == L
     # Context comes from the target's own time.
     assert (df.hour_of_day == df.target_timestamp.dt.hour).all()
+    # Train/serve parity: each target's Feast history is exactly the trainer's history for it.
+    assert_histories_match(Tables.read(feature_dir), examples, df, L)
 
 
 def test_point_in_time_join_never_leaks_later_values(tmp_path):
@@ -208,13 +214,19 @@ def test_redis_online_store_serves_the_same_features(redis_server, synthetic, fs
     assert redis.Redis(host=host, port=int(port)).dbsize() > 0  # the values really live in Redis
 
 
-def test_cli_features_run_reports_each_step(tmp_path):
+def test_cli_features_run_publishes_a_snapshot_and_says_when_nothing_is_new(tmp_path):
     args = ["features", "run", "-s", f"features.dir={tmp_path}", "-s", "train.max_len=10", "-s", "model=dssm"]
     for k, v in dataclasses.asdict(SYNTH).items():
         args += ["-s", f"data.synthetic.{k}={v}"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    for step in ("ingest", "validate", "apply", "materialize", "training_set", "total"):
+    for step in ("ingest", "validate", "apply", "materialize", "total"):
         assert step in res.output
-    assert (tmp_path / "training_set.parquet").exists() and (tmp_path / "validation.json").exists()
-    assert np.isfinite(pd.read_parquet(tmp_path / "training_set.parquet").hist_len).all()
+    latest = snapshots.latest(tmp_path)
+    assert f"snapshot {latest['id']}" in res.output and "published" in res.output
+    d = tmp_path / "snapshots" / latest["id"]
+    assert json.loads((d / "validation.json").read_text())["success"] and (d / "registry.db").exists()
+    assert (tmp_path / "online_store.db").exists() and (tmp_path / "registry.db").exists()
+    again = CliRunner().invoke(app, args)  # the source has nothing newer: nothing is published
+    assert again.exit_code == 0 and "nothing to do: no new data" in again.output, again.output
+    assert snapshots.published(tmp_path) == [latest["id"]]

@@ -7,11 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from components import pipeline, register
+from components import pipeline, register, snapshots
 from components.cli import app
 from components.config import load_config
 from components.gate import GateFailed
@@ -59,7 +60,7 @@ def test_impossible_floor_fails_at_the_gate_and_changes_nothing(world):
     args = flags([*settings, "gate.floors={ndcg@10: 0.99}"])
     res = CliRunner().invoke(
         app,
-        ["pipeline", "run", "-c", "configs/demo.yaml", *args, "--no-features", "--no-bentoml",
+        ["pipeline", "run", "-c", "configs/demo.yaml", *args, "--no-features", "--no-bentoml", "--force",
          "--run-dir", str(out / "runs" / "floor")],
     )  # fmt: skip
     assert res.exit_code == 1, res.output
@@ -87,25 +88,44 @@ def test_regression_against_production_fails_the_gate(world):
     assert snapshot(out / "registry") == before
 
 
-def test_training_refuses_data_that_did_not_pass_validation(world, tmp_path):
+def test_training_refuses_unpublished_unvalidated_or_other_data(world, tmp_path):
     out, settings = world
     cfg = load_config("configs/demo.yaml", settings)
-    report = out / "features" / "validation.json"
+    latest = snapshots.latest(out / "features")
+    with pytest.raises(snapshots.SnapshotError, match="not published"):
+        pipeline.training_set(cfg, tmp_path / "a", snapshot="20991231T000000-deadbeef")
+    report = Path(latest["dir"]) / "validation.json"
     saved = report.read_text()
-    try:
+    try:  # (a published snapshot is never rewritten by the pipeline; this simulates a corrupted one)
         report.write_text(json.dumps({**json.loads(saved), "success": False}))
         with pytest.raises(ValueError, match="failed validation"):
-            pipeline.train(cfg, tmp_path / "run")
-        report.unlink()
-        with pytest.raises(FileNotFoundError, match="recall_features"):
-            pipeline.training_set(cfg, tmp_path / "run")
+            pipeline.train(cfg, tmp_path / "b")
     finally:
         report.write_text(saved)
+    empty = load_config("configs/demo.yaml", [*settings, f"features.dir={tmp_path / 'empty'}"])
+    with pytest.raises(FileNotFoundError, match="recall_features"):
+        pipeline.training_set(empty, tmp_path / "c")
     # An operator asking the training DAG for other data than the feature store holds is refused.
     other = load_config("configs/demo.yaml", [*settings, "data.synthetic.n_users=300"])
     with pytest.raises(ValueError, match=r"data\.synthetic.*run recall_features with the same config"):
-        pipeline.train(other, tmp_path / "run")
-    assert not (tmp_path / "run" / "model.pt").exists()
+        pipeline.train(other, tmp_path / "d")
+    assert not any((tmp_path / r / "model.pt").exists() for r in "abcd")
+
+
+def test_unchanged_data_trains_and_registers_nothing_new(world):
+    out, settings = world
+    cfg = load_config("configs/demo.yaml", settings)
+    first = pipeline.run(cfg, out / "runs" / "again-1")  # trains unless an earlier test already did
+    tag = first.get("version") or first["steps"]["register"]["tag"]
+    before = snapshot(out / "registry")
+    second = pipeline.run(cfg, out / "runs" / "again-2")  # features again (unchanged), then training
+    assert second["steps"]["features"]["status"] == "unchanged" and "no new data" in second["steps"]["features"]["why"]
+    assert second["nothing_new"].startswith(f"nothing new: {tag} was trained on snapshot") and second["version"] == tag
+    assert list(second["steps"]) == ["features"] and snapshot(out / "registry") == before
+    assert not (out / "runs" / "again-2" / "model.pt").exists()
+    # Other training settings on the same data are a new candidate, not "nothing new".
+    other = load_config("configs/demo.yaml", [*settings, "train.epochs=1"])
+    assert pipeline.already_trained(other, pipeline.pinned(other, out / "runs" / "again-2")) is None
 
 
 def test_production_better_on_the_new_data_blocks_a_worse_candidate(world):
