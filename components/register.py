@@ -145,9 +145,14 @@ def publish_run(
 
 
 def run_key(run_dir: str | Path) -> str:
-    """What identifies a run's registration: its directory and the checkpoint it trained."""
+    """What identifies a run's registration: its directory, the checkpoint it trained and the index
+    settings it was packaged with (exporting the same run with another index is another version)."""
+    import hashlib
+
     run_dir = Path(run_dir).resolve()
-    return f"{run_dir}@{sha256(run_dir / 'model.pt')[:16]}"
+    index = json.loads((run_dir / "index.json").read_text())["config"] if (run_dir / "index.json").exists() else {}
+    settings = hashlib.sha256(json.dumps(index, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{run_dir}@{sha256(run_dir / 'model.pt')[:16]}/{settings}"
 
 
 def register_run(

@@ -278,7 +278,7 @@ class Registry:
             raise ValueError(f"version must look like v<number>, got {version!r}")
         parent = self.root / model
         parent.mkdir(parents=True, exist_ok=True)
-        with _locked(parent / ".lock"):
+        with _locked(self.root / f".{model}.lock"):
             for stale in parent.glob(".staging-*"):
                 logger.warning("removing %s, left by a registration that died mid-write", stale)
                 shutil.rmtree(stale, ignore_errors=True)

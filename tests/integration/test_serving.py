@@ -68,7 +68,8 @@ def world(tmp_path_factory):
     run(load_config(None, [*SMALL, "model=mind", f"out_dir={d / 'mind'}"]))
     reg = Registry(d / "registry")
     register_run(d / "sasrec", reg, to_bentoml=False)  # v1
-    register_run(d / "sasrec", reg, to_bentoml=False)  # v2: same weights, another tag
+    shutil.copytree(d / "sasrec", d / "sasrec-copy")  # (a registration is keyed by its run directory)
+    register_run(d / "sasrec-copy", reg, to_bentoml=False)  # v2: same weights, another tag
     register_run(d / "mind", reg, to_bentoml=False)
     v3 = reg.root / "sasrec" / "v3"  # a corrupted copy: truncated user tower
     shutil.copytree(reg.root / "sasrec" / "v2", v3)

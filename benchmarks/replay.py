@@ -1,0 +1,203 @@
+"""Day after day through the real Airflow: a dataset replayed period by period, each period
+recall_features (its snapshot) → recall_training (pinned to it: train, evaluate against production on
+the same events, gate, export, index, register) → the promotion rule → the served model measured on the
+*next* period's events.
+
+    python benchmarks/replay.py                                   # synthetic default, 8 daily periods
+    python benchmarks/replay.py --dataset ml100k --periods 8 --period 7 --start 1997-12-01
+    python benchmarks/replay.py --dataset ml100k -s train.epochs=20  # any setting of the run config
+
+Promotion rule (documented in the README): a candidate that passes the gate — which already compares
+it with production on its own evaluation events, overall and per slice — replaces production at once
+(the replay has no live traffic for an A/B test; in production `recall_ab_report` decides). The first
+period's candidate has nothing to beat but popularity.
+
+Per period: new events, new users and new items of the snapshot; the candidate's and production's test
+metrics on the same split; the gate verdict; promoted or not; the served model's hit rate (HR@K, seen
+items masked, every event of the next period whose user has a history) next to the previous served
+model's on the same events; wall time. Writes benchmarks/results/replay_<dataset>.json and an HTML
+report with the curves (benchmarks/results/replay_<dataset>.html).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import write_result  # noqa: E402
+
+DATASETS = {
+    # The synthetic default (configs/demo.yaml): users start over 180 days of 2024, events ~6 h apart.
+    "synthetic": {"config": "configs/demo.yaml", "start": "2024-06-01", "period": 1.0, "overrides": []},
+    "ml100k": {"config": "configs/sasrec.yaml", "start": "1997-12-01", "period": 7.0,
+               "overrides": ["data.source=ml100k", "validation.rating_min=1"]},
+}  # fmt: skip
+
+
+def window_rows(tables, lo: dt.datetime, hi: dt.datetime):
+    """The events with lo < time ≤ hi whose user has at least one earlier event, as rows to score (their
+    history: every earlier event of the user)."""
+    import torch
+
+    from components.compare import Rows
+    from components.datasets import encode
+
+    enc = encode(tables)
+    d = enc.data
+    lengths = d.lengths
+    pos = torch.arange(d.items.numel()) - torch.repeat_interleave(d.indptr[:-1], lengths)
+    user = torch.repeat_interleave(torch.arange(d.n_users), lengths)
+    t = d.times
+    keep = (t > lo.timestamp()) & (t <= hi.timestamp()) & (pos >= 1)
+    users, p, targets = user[keep], pos[keep], d.items[keep]
+    rows = Rows(users, p, targets, enc.user_ids[users.numpy()], enc.item_ids[targets.numpy()], t[keep].numpy())
+    return rows, enc
+
+
+def hit_rate(tag: str | None, registry, tables, lo, hi, k: int) -> tuple[float | None, int]:
+    """HR@k of a registered version on the events of (lo, hi] (seen items masked)."""
+    from components import compare
+
+    if tag is None:
+        return None, 0
+    rows, enc = window_rows(tables, lo, hi)
+    if len(rows.pos) == 0:
+        return None, 0
+    ranks = compare.version_ranks(registry.get(tag), enc.data, rows, enc.item_ids, tables.users, True, k)
+    return float((ranks < k).mean()), int(len(ranks))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic")
+    ap.add_argument("--periods", type=int, default=8)
+    ap.add_argument("--period", type=float, default=None, help="days per period (default: the dataset's)")
+    ap.add_argument("--start", default=None, help="first period's logical date (default: the dataset's)")
+    ap.add_argument("--k", type=int, default=20, help="HR@K on the next period's events")
+    ap.add_argument("-s", "--set", dest="overrides", action="append", default=[], help="key=value settings")
+    ap.add_argument("--work", default=None)
+    args = ap.parse_args()
+
+    from components import snapshots
+    from components.airflow_local import dags_test, environment
+    from components.datasets import Tables
+    from components.registry import Registry, atomic_write_text
+
+    spec = DATASETS[args.dataset]
+    work = Path(args.work or ROOT / "runs" / "bench" / f"replay-{args.dataset}")
+    shutil.rmtree(work, ignore_errors=True)
+    env = environment(work / "airflow")
+    overrides = [*spec["overrides"], "train.progress=false", f"out_dir={work}", f"features.dir={work}/features",
+                 f"registry={work}/registry", f"routing={work}/routing.yaml", "bentoml_store=false",
+                 *args.overrides]  # fmt: skip
+    conf = {"config": spec["config"], "overrides": overrides}
+    registry = Registry(work / "registry")
+    routing = work / "routing.yaml"
+    start = dt.datetime.fromisoformat(args.start or spec["start"]).replace(tzinfo=dt.UTC)
+    step = dt.timedelta(days=args.period or spec["period"])
+    served: str | None = None
+    previous_served: str | None = None
+    periods: list[dict] = []
+    for t in range(args.periods + 1):  # the last period only measures what was served during it
+        day = start + t * step
+        t0 = time.perf_counter()
+        feats = dags_test("recall_features", conf, env, 900, logical_date=day.date().isoformat())
+        if not feats.ok:
+            raise SystemExit(f"recall_features {day.date()} ended {feats.state}:\n{feats.output[-3000:]}")
+        snap = snapshots.latest(work / "features")
+        fresh = feats.tasks["ingest"]["state"] == "success"  # (skipped: nothing new in the period)
+        row: dict = {"period": t, "logical_date": day.date().isoformat(), "snapshot": snap["id"],
+                     "new_events": snap["new_events"] if fresh else 0}  # fmt: skip
+        tables = Tables.read(snap["dir"])
+        if periods:
+            prev = Tables.read(periods[-1]["snapshot_dir"])
+            row["new_users"] = int((~tables.users.user_id.isin(prev.users.user_id)).sum())
+            row["new_items"] = int((~tables.items.item_id.isin(prev.items.item_id)).sum())
+            # What was served during the period that just ended, on its events, next to the one before it.
+            row["served"], row["previous_served"] = served, previous_served
+            row["served_hr"], row["events_scored"] = hit_rate(served, registry, tables, day - step, day, args.k)
+            row["previous_hr"], _ = hit_rate(previous_served, registry, tables, day - step, day, args.k)
+        else:
+            row["new_users"], row["new_items"] = len(tables.users), len(tables.items)
+        row["snapshot_dir"] = snap["dir"]
+        if t == args.periods:
+            row["wall_s"] = round(time.perf_counter() - t0, 1)
+            periods.append(row)
+            break
+        run_name = f"p{t:02d}"
+        train = dags_test("recall_training", {**conf, "run_name": run_name}, env, 1800)
+        run_dir = work / "runs" / run_name
+        ev = json.loads((run_dir / "evaluation.json").read_text()) if (run_dir / "evaluation.json").exists() else {}
+        gate = json.loads((run_dir / "gate.json").read_text()) if (run_dir / "gate.json").exists() else {}
+        row["candidate_ndcg@10"] = ev.get("test", {}).get("ndcg@10")
+        row["production_ndcg@10"] = ((ev.get("production") or {}).get("test") or {}).get("ndcg@10")
+        row["popularity_ndcg@10"] = ev.get("popularity_test", {}).get("ndcg@10")
+        row["gate"] = ("passed" if gate.get("passed") else "failed") if gate else train.tasks["training_set"]["state"]
+        row["failed_checks"] = [c["name"] for c in gate.get("checks", []) if c["status"] == "failed"]
+        row["promoted"] = None
+        if train.ok and (run_dir / "registered.json").exists():
+            tag = json.loads((run_dir / "registered.json").read_text())["tag"]
+            atomic_write_text(routing, f"default: {tag}\nexperiments: []\n")  # the promotion rule
+            previous_served, served, row["promoted"] = served, tag, tag
+        elif not train.ok and not gate:
+            raise SystemExit(f"recall_training {run_name} ended {train.state}:\n{train.output[-3000:]}")
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
+        periods.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "snapshot_dir"}, default=str), flush=True)
+
+    head = ("| period | date | new events | new users | new items | candidate ndcg@10 | production ndcg@10 "
+            f"| gate | promoted | served HR@{args.k} (events) | previous served HR@{args.k} | wall s |")  # fmt: skip
+    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+
+    def f(x, fmt=".4f"):
+        return "–" if x is None else format(x, fmt)
+
+    for r in periods:
+        lines.append(
+            f"| {r['period']} | {r['logical_date']} | {r['new_events']:,} | {r.get('new_users', 0):,} | "
+            f"{r.get('new_items', 0):,} | {f(r.get('candidate_ndcg@10'))} | {f(r.get('production_ndcg@10'))} | "
+            f"{r.get('gate', '–')} | {r.get('promoted') or '–'} | "
+            f"{f(r.get('served_hr'))} ({r.get('events_scored', 0):,}) "
+            f"| {f(r.get('previous_hr'))} | {r['wall_s']} |"
+        )
+    tolerance = json.loads((work / "runs" / "p00" / "gate.json").read_text())["config"]["max_regression"]
+    worse = [r["period"] for r in periods if r.get("served_hr") is not None and r.get("previous_hr") is not None
+             and r["served_hr"] < r["previous_hr"] * (1 - tolerance)]  # fmt: skip
+    verdict = (f"served model never below the previous served model by more than {tolerance:.0%}" if not worse
+               else f"served model below the previous one by more than {tolerance:.0%} in periods {worse}")  # fmt: skip
+    lines += ["", verdict]
+    out = ROOT / "benchmarks" / "results" / f"replay_{args.dataset}.json"
+    _report(periods, args, out.with_suffix(".html"), verdict)
+    for r in periods:
+        r.pop("snapshot_dir", None)
+    write_result(out, "\n".join(lines), dataset=args.dataset, k=args.k, overrides=overrides, periods=periods,
+                 tolerance=tolerance, never_worse=not worse)  # fmt: skip
+
+
+def _report(periods: list[dict], args, path: Path, verdict: str) -> None:
+    from components.charts import CSS, line_chart
+
+    def series(key: str) -> list[tuple[int, float]]:
+        return [(r["period"], r[key]) for r in periods if r.get(key) is not None]
+
+    hr = {"served": series("served_hr"), "previous served": series("previous_hr")}
+    nd = {name: series(f"{name}_ndcg@10") for name in ("candidate", "production", "popularity")}
+    path.write_text(
+        f'<!doctype html><html><head><meta charset="utf-8"><title>Replay: {args.dataset}</title><style>{CSS}</style>'
+        f"</head><body><h1>Replay of {args.dataset}: {args.periods} periods</h1><p>{verdict}.</p>"
+        f"<figure>{line_chart(hr, f'HR@{args.k} on the period just served', 'period')}</figure>"
+        f"<figure>{line_chart(nd, 'NDCG@10 on each candidate test split', 'period')}</figure></body></html>"
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
