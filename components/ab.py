@@ -53,7 +53,7 @@ def read_feedback(path: str | Path) -> pd.DataFrame:
     secs = (
         ts.astype("float64")
         if pd.api.types.is_numeric_dtype(ts)
-        else pd.to_datetime(ts, utc=True).astype("int64") / 1e9
+        else (pd.to_datetime(ts, utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()  # any datetime unit
     )
     return pd.DataFrame(
         {

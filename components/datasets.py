@@ -73,6 +73,13 @@ class Tables:
         return h.hexdigest()[:16]
 
 
+def unix_seconds(ts: pd.Series) -> np.ndarray:
+    """Unix seconds (float64) of a datetime column whatever its unit: parquet round-trips keep
+    ``datetime64[us]``, whose raw integers are microseconds, not the nanoseconds of ``datetime64[ns]``."""
+    t = pd.to_datetime(ts, utc=True)
+    return (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+
+
 def _age_bucket(age: pd.Series) -> pd.Series:
     labels = [f"{lo}-{hi - 1}" for lo, hi in zip(AGE_BUCKETS[:-1], AGE_BUCKETS[1:], strict=True)]
     return pd.cut(age, AGE_BUCKETS, right=False, labels=labels).astype(str)
@@ -280,7 +287,7 @@ def encode(tables: Tables, max_len: int = 50, max_genres: int = 6) -> Encoded:
     item_ids = np.union1d(items.item_id.to_numpy(), inter.item_id.unique())
     uidx = np.searchsorted(user_ids, inter.user_id.to_numpy()) + 1
     iidx = np.searchsorted(item_ids, inter.item_id.to_numpy()) + 1
-    ts = inter.event_timestamp.astype("int64").to_numpy() / 1e9
+    ts = unix_seconds(inter.event_timestamp)
     order = np.lexsort((ts, uidx))  # by user, then time; lexsort is stable, so ties keep file order
     uidx, iidx, ts = uidx[order], iidx[order], ts[order]
     U, N = len(user_ids) + 1, len(item_ids) + 1

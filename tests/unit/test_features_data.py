@@ -121,3 +121,20 @@ def test_config_layers_and_errors(tmp_path):
         load_config(None, ["train.negative=popular"])
     with pytest.raises(ValueError, match="monitor must be recall@K or ndcg@K"):
         load_config(None, ["train.monitor=hit@10"])
+
+
+def test_event_times_are_unix_seconds_whatever_the_datetime_unit():
+    """Parquet round-trips keep datetime64[us]; the encoded times (history ages, windows) must still be
+    unix seconds, as serving computes them, not the raw microsecond integers divided by 1e9."""
+    import pandas as pd
+
+    from components.datasets import Tables, encode
+
+    ts = pd.to_datetime([1_000_000_000, 1_000_086_400, 1_000_172_800], unit="s", utc=True)
+    inter = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [1, 2, 3], "event_timestamp": ts})
+    users = pd.DataFrame({"user_id": [1]})
+    items = pd.DataFrame({"item_id": [1, 2, 3], "title": ["a", "b", "c"], "genres": [[], [], []], "year": [0, 0, 0]})
+    for unit in ("ns", "us", "ms", "s"):
+        t = inter.assign(event_timestamp=ts.astype(f"datetime64[{unit}, UTC]"))
+        times = encode(Tables(t, users, items)).data.times.tolist()
+        assert times == [1_000_000_000.0, 1_000_086_400.0, 1_000_172_800.0], unit
