@@ -8,9 +8,11 @@ the same events, gate, export, index, register) → the promotion rule → the s
     python benchmarks/replay.py --dataset ml100k -s train.epochs=20  # any setting of the run config
 
 Promotion rule (documented in the README): a candidate that passes the gate — which already compares
-it with production on its own evaluation events, overall and per slice — replaces production at once
-(the replay has no live traffic for an A/B test; in production `recall_ab_report` decides). The first
-period's candidate has nothing to beat but popularity.
+it with production on its own evaluation events, overall and per slice, allowing a small regression —
+*and* is at least as good as production on the gate's first regression metric (Recall@20 by default)
+on those events replaces production at once: registering tolerates noise, replacing what is served
+does not (the replay has no live traffic for an A/B test; in production `recall_ab_report` decides).
+The first period's candidate has nothing to beat but popularity.
 
 Per period: new events, new users and new items of the snapshot; the candidate's and production's test
 metrics on the same split; the gate verdict; promoted or not; the served model's hit rate (HR@K, seen
@@ -62,17 +64,21 @@ def window_rows(tables, lo: dt.datetime, hi: dt.datetime):
     return rows, enc
 
 
-def hit_rate(tag: str | None, registry, tables, lo, hi, k: int) -> tuple[float | None, int]:
-    """HR@k of a registered version on the events of (lo, hi] (seen items masked)."""
+def hits(tag: str | None, registry, tables, lo, hi, k: int):
+    """Per event of (lo, hi]: did the registered version put it in its top k (seen items masked)? None
+    without a version."""
     from components import compare
 
     if tag is None:
-        return None, 0
+        return None
     rows, enc = window_rows(tables, lo, hi)
-    if len(rows.pos) == 0:
-        return None, 0
-    ranks = compare.version_ranks(registry.get(tag), enc.data, rows, enc.item_ids, tables.users, True, k)
-    return float((ranks < k).mean()), int(len(ranks))
+    return compare.version_ranks(registry.get(tag), enc.data, rows, enc.item_ids, tables.users, True, k) < k
+
+
+def paired(a, b) -> tuple[float, float]:
+    """Mean difference of paired 0/1 outcomes and the half-width of its normal 95 % interval."""
+    d = a.astype(float) - b.astype(float)
+    return float(d.mean()), float(1.96 * d.std(ddof=1) / len(d) ** 0.5) if len(d) > 1 else float("nan")
 
 
 def main() -> None:
@@ -123,8 +129,13 @@ def main() -> None:
             row["new_items"] = int((~tables.items.item_id.isin(prev.items.item_id)).sum())
             # What was served during the period that just ended, on its events, next to the one before it.
             row["served"], row["previous_served"] = served, previous_served
-            row["served_hr"], row["events_scored"] = hit_rate(served, registry, tables, day - step, day, args.k)
-            row["previous_hr"], _ = hit_rate(previous_served, registry, tables, day - step, day, args.k)
+            now_hits = hits(served, registry, tables, day - step, day, args.k)
+            before = hits(previous_served, registry, tables, day - step, day, args.k)
+            row["events_scored"] = 0 if now_hits is None else len(now_hits)
+            row["served_hr"] = float(now_hits.mean()) if row["events_scored"] else None
+            row["previous_hr"] = float(before.mean()) if before is not None and len(before) else None
+            if row["previous_hr"] is not None:
+                row["hr_diff"], row["hr_diff_ci95"] = paired(now_hits, before)
         else:
             row["new_users"], row["new_items"] = len(tables.users), len(tables.items)
         row["snapshot_dir"] = snap["dir"]
@@ -145,8 +156,12 @@ def main() -> None:
         row["promoted"] = None
         if train.ok and (run_dir / "registered.json").exists():
             tag = json.loads((run_dir / "registered.json").read_text())["tag"]
-            atomic_write_text(routing, f"default: {tag}\nexperiments: []\n")  # the promotion rule
-            previous_served, served, row["promoted"] = served, tag, tag
+            primary = gate["config"]["regression_metrics"][0]
+            prod = (ev.get("production") or {}).get("test")
+            row["no_worse"] = prod is None or ev["test"][primary] >= prod[primary]
+            if row["no_worse"]:  # the promotion rule
+                atomic_write_text(routing, f"default: {tag}\nexperiments: []\n")
+                previous_served, served, row["promoted"] = served, tag, tag
         elif not train.ok and not gate:
             raise SystemExit(f"recall_training {run_name} ended {train.state}:\n{train.output[-3000:]}")
         row["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -154,8 +169,9 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "snapshot_dir"}, default=str), flush=True)
 
     head = ("| period | date | new events | new users | new items | candidate ndcg@10 | production ndcg@10 "
-            f"| gate | promoted | served HR@{args.k} (events) | previous served HR@{args.k} | wall s |")  # fmt: skip
-    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"]
+            f"| gate | promoted | served HR@{args.k} (events) | previous served HR@{args.k} | difference (95 % CI) "
+            "| wall s |")  # fmt: skip
+    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
 
     def f(x, fmt=".4f"):
         return "–" if x is None else format(x, fmt)
@@ -166,20 +182,28 @@ def main() -> None:
             f"{r.get('new_items', 0):,} | {f(r.get('candidate_ndcg@10'))} | {f(r.get('production_ndcg@10'))} | "
             f"{r.get('gate', '–')} | {r.get('promoted') or '–'} | "
             f"{f(r.get('served_hr'))} ({r.get('events_scored', 0):,}) "
-            f"| {f(r.get('previous_hr'))} | {r['wall_s']} |"
+            f"| {f(r.get('previous_hr'))} | {_diff(r)} | {r['wall_s']} |"
         )
     tolerance = json.loads((work / "runs" / "p00" / "gate.json").read_text())["config"]["max_regression"]
-    worse = [r["period"] for r in periods if r.get("served_hr") is not None and r.get("previous_hr") is not None
-             and r["served_hr"] < r["previous_hr"] * (1 - tolerance)]  # fmt: skip
-    verdict = (f"served model never below the previous served model by more than {tolerance:.0%}" if not worse
-               else f"served model below the previous one by more than {tolerance:.0%} in periods {worse}")  # fmt: skip
+    compared = [r for r in periods if r.get("hr_diff") is not None]
+    worse = [r["period"] for r in compared if r["served_hr"] < r["previous_hr"] * (1 - tolerance)]
+    significant = [r["period"] for r in compared if r["hr_diff"] + r["hr_diff_ci95"] < 0]
+    verdict = (f"served model below the previous served model by more than {tolerance:.0%} in periods {worse or 'none'}"
+               f" of {len(compared)} compared; significantly below (95 % CI of the paired difference under 0) in "
+               f"periods {significant or 'none'}")  # fmt: skip
     lines += ["", verdict]
     out = ROOT / "benchmarks" / "results" / f"replay_{args.dataset}.json"
     _report(periods, args, out.with_suffix(".html"), verdict)
     for r in periods:
         r.pop("snapshot_dir", None)
     write_result(out, "\n".join(lines), dataset=args.dataset, k=args.k, overrides=overrides, periods=periods,
-                 tolerance=tolerance, never_worse=not worse)  # fmt: skip
+                 tolerance=tolerance, worse_than_tolerance=worse, significantly_worse=significant)  # fmt: skip
+
+
+def _diff(r: dict) -> str:
+    if r.get("hr_diff") is None:
+        return "–"
+    return f"{r['hr_diff']:+.4f} (±{r['hr_diff_ci95']:.4f})"
 
 
 def _report(periods: list[dict], args, path: Path, verdict: str) -> None:
