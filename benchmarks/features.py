@@ -1,4 +1,4 @@
-"""Feature pipeline wall time: ingest → validate → apply → materialize → point-in-time training set,
+"""Feature pipeline wall time: ingest → validate → apply → materialize (→ a published snapshot),
 on MovieLens-100K and on a synthetic set of ~1M interactions (SQLite online store, DuckDB offline store).
 Each dataset runs in a fresh directory. Target: ML-100K end to end under 60 s on this machine.
 

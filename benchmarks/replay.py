@@ -45,8 +45,8 @@ DATASETS = {
 
 
 def window_rows(tables, lo: dt.datetime, hi: dt.datetime):
-    """The events with lo < time ≤ hi whose user has at least one earlier event, as rows to score (their
-    history: every earlier event of the user)."""
+    """The events with lo ≤ time < hi (the period's partition) whose user has at least one earlier event,
+    as rows to score (their history: every earlier event of the user)."""
     import torch
 
     from components.compare import Rows
@@ -58,14 +58,14 @@ def window_rows(tables, lo: dt.datetime, hi: dt.datetime):
     pos = torch.arange(d.items.numel()) - torch.repeat_interleave(d.indptr[:-1], lengths)
     user = torch.repeat_interleave(torch.arange(d.n_users), lengths)
     t = d.times
-    keep = (t > lo.timestamp()) & (t <= hi.timestamp()) & (pos >= 1)
+    keep = (t >= lo.timestamp()) & (t < hi.timestamp()) & (pos >= 1)
     users, p, targets = user[keep], pos[keep], d.items[keep]
     rows = Rows(users, p, targets, enc.user_ids[users.numpy()], enc.item_ids[targets.numpy()], t[keep].numpy())
     return rows, enc
 
 
 def hits(tag: str | None, registry, tables, lo, hi, k: int):
-    """Per event of (lo, hi]: did the registered version put it in its top k (seen items masked)? None
+    """Per event of [lo, hi): did the registered version put it in its top k (seen items masked)? None
     without a version."""
     from components import compare
 
@@ -184,7 +184,9 @@ def main() -> None:
             f"{f(r.get('served_hr'))} ({r.get('events_scored', 0):,}) "
             f"| {f(r.get('previous_hr'))} | {_diff(r)} | {r['wall_s']} |"
         )
-    tolerance = json.loads((work / "runs" / "p00" / "gate.json").read_text())["config"]["max_regression"]
+    from components.config import load_config
+
+    tolerance = load_config(spec["config"], overrides).gate.max_regression
     compared = [r for r in periods if r.get("hr_diff") is not None]
     worse = [r["period"] for r in compared if r["served_hr"] < r["previous_hr"] * (1 - tolerance)]
     significant = [r["period"] for r in compared if r["hr_diff"] + r["hr_diff_ci95"] < 0]

@@ -72,7 +72,9 @@ class RunConfig:
     def training_signature(self) -> str:
         """What makes two trainings the same besides their data: the model, its parameters, the training
         settings (a registered version records it; the same signature on the same snapshot is not retrained)."""
-        what = {"model": self.model, "model_params": self.model_params, "train": dataclasses.asdict(self.train)}
+        runtime = ("device", "amp", "progress")  # where and how visibly it runs, not what it learns
+        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in runtime}
+        what = {"model": self.model, "model_params": self.model_params, "train": train}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

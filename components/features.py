@@ -124,15 +124,17 @@ def materialize(
 
 
 def training_examples(interactions: pd.DataFrame, holdout: int = 2) -> pd.DataFrame:
-    """Every training target: each user's events except the last ``holdout`` (validation and test),
-    in the trainer's order (time, stable on ties); ``target_timestamp`` is the event's key
+    """Every training target, as the leave-last-out split has them: each user's events except the last
+    ``holdout`` (validation and test) — all events of a user with too few to hold any out — in the
+    trainer's order (time, stable on ties); ``target_timestamp`` is the event's key
     (:func:`components.ingest.event_order`), so same-second events stay distinct and ordered."""
     from .ingest import event_order
 
     df, keys = event_order(interactions)
     df["event_timestamp"] = pd.to_datetime(keys, unit="us", utc=True)
-    from_end = df.groupby("user_id").cumcount(ascending=False)
-    out = df[from_end.to_numpy() >= holdout].reset_index(drop=True)
+    from_end = df.groupby("user_id").cumcount(ascending=False).to_numpy()
+    count = df.groupby("user_id").user_id.transform("size").to_numpy()
+    out = df[(from_end >= holdout) | (count <= holdout)].reset_index(drop=True)
     out.insert(0, "example_id", np.arange(len(out), dtype=np.int64))
     return out.rename(columns={"item_id": "target_item_id", "event_timestamp": "target_timestamp"})
 
@@ -221,14 +223,30 @@ def ingest_interval(cfg: Any, iv: Any = None) -> dict[str, Any]:
     that validation names it (in a replay, events after the interval's end are simply not due yet).
     """
     from . import snapshots as sn
-    from .ingest import ingest
     from .train import load_tables
 
     root = Path(cfg.features.dir)
     tables = load_tables(cfg)
     if iv is None or iv.start is None:  # everything new since the last stored partition, up to the end
         parts, end = sn.partitions(root), (iv or sn.interval()).end
-        iv = parts[-1] if parts and parts[-1].end >= end else sn.Interval(parts[-1].end if parts else None, end)
+        same = [p for p in parts if p.end == end]
+        if same:  # a re-run (say, after fixing the source) redoes exactly that partition
+            iv = same[0]
+        elif parts and parts[-1].end > end:
+            raise sn.SnapshotError(
+                f"the event store already holds data up to {parts[-1].end.isoformat()} and has no partition "
+                f"ending at {end.isoformat()} to redo; release new data with a later end"
+            )
+        else:
+            iv = sn.Interval(parts[-1].end if parts else None, end)
+    with sn.locked(root):
+        return _ingest_locked(cfg, root, tables, iv)
+
+
+def _ingest_locked(cfg: Any, root: Path, tables: Any, iv: Any) -> dict[str, Any]:
+    from . import snapshots as sn
+    from .ingest import ingest
+
     inter = tables.interactions
     now = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=cfg.validation.future_slack_s)
     impossible = pd.to_datetime(inter.event_timestamp, utc=True) > now
@@ -245,7 +263,9 @@ def ingest_interval(cfg: Any, iv: Any = None) -> dict[str, Any]:
         "data": json.loads(json.dumps(dataclasses.asdict(cfg.data), default=str)),
     }  # fmt: skip
     current = sn.latest(root)
-    if current is not None and current["fingerprint"] == fp:
+    if released.interactions.empty:
+        record |= {"status": "unchanged", "why": f"no events up to {iv.end.isoformat()} yet: nothing to publish"}
+    elif current is not None and current["fingerprint"] == fp:
         why = f"no new data in {iv}: snapshot {current['id']} already holds exactly these tables"
         record |= {"status": "unchanged", "snapshot": current["id"], "why": why}
     elif (sn.snapshot_dir(root, record["snapshot"]) / sn.MANIFEST).exists():
@@ -264,16 +284,16 @@ def pending(root: str | Path, snapshot: str | None = None) -> dict[str, Any]:
     p = Path(root) / PENDING
     if not p.exists():
         raise FileNotFoundError(f"{root} has no ingested data: run the ingest step first")
+    from . import snapshots as sn
+
     record = json.loads(p.read_text())
     if snapshot is not None and record["snapshot"] != snapshot:
-        from . import snapshots as sn
-
         src = sn.snapshot_dir(root, snapshot) / "source.json"
         if not src.exists():
             raise FileNotFoundError(f"snapshot {snapshot} was never ingested into {root}")
         record = {**json.loads(src.read_text()), "status": "new"}
-        if (sn.snapshot_dir(root, snapshot) / sn.MANIFEST).exists():
-            record["status"] = "published"
+    if record["status"] == "new" and (sn.snapshot_dir(root, record["snapshot"]) / sn.MANIFEST).exists():
+        record |= {"status": "published", "why": f"snapshot {record['snapshot']} is already published"}
     return record
 
 
@@ -316,12 +336,28 @@ def run_pipeline(cfg: Any, steps: tuple[str, ...] = STEPS, interval: Any = None,
         vcfg = dataclasses.replace(cfg.validation, max_len=cfg.train.max_len)
         rep = timed("validate", lambda: validate(d, vcfg))
         out["data_docs"] = rep.data_docs
-    fs = None
     if "apply" in steps:
-        fs = timed("apply", lambda: apply(store_cfg, d))
+        with sn.locked(root):
+            timed("apply", lambda: apply(store_cfg, d))
     if "materialize" in steps:
-        fs = fs or store(store_cfg)
         end = dt.datetime.fromisoformat(record["end"])
-        timed("materialize", lambda: materialize(fs, store_cfg, d, end))
-        out["published"] = sn.publish(root, record["snapshot"], record, root / "registry.db")
+
+        def load_and_publish() -> dict[str, Any]:
+            with sn.locked(root):  # the live registry must be this snapshot's when it is copied in
+                fs = store(store_cfg)
+                if not _applied(fs, d):  # another run applied its snapshot in between
+                    fs = apply(store_cfg, d)
+                materialize(fs, store_cfg, d, end)
+                return sn.publish(root, record["snapshot"], record, root / "registry.db")
+
+        out["published"] = timed("materialize", load_and_publish)
     return out
+
+
+def _applied(fs, tables_dir: Path) -> bool:
+    """Whether the live registry's behaviour view reads this snapshot's tables."""
+    try:
+        path = fs.get_feature_view("user_behaviour").batch_source.path
+    except Exception:  # noqa: BLE001 - not applied yet
+        return False
+    return Path(path).resolve() == (Path(tables_dir) / "user_behaviour.parquet").resolve()

@@ -77,7 +77,11 @@ def pinned(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = None) -> 
 
     p = Path(run_dir) / PIN
     if p.exists():
-        return json.loads(p.read_text())
+        record = json.loads(p.read_text())
+        if snapshot and snapshot != record["id"]:
+            raise ValueError(f"run directory {run_dir} is pinned to snapshot {record['id']}, not {snapshot}; "
+                             "use another run name for another snapshot")  # fmt: skip
+        return record
     root = Path(cfg.features.dir)
     sid = snapshot or cfg.features.snapshot or (sn.latest(root) or {}).get("id")
     if not sid:

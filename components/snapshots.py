@@ -26,11 +26,13 @@ with the same bytes; an interval overlapping a stored partition with other bound
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,14 +108,15 @@ def partitions(root: str | Path) -> list[Interval]:
 
 
 def _coverage(root: Path, iv: Interval) -> Interval:
-    """What a run for ``iv`` stores: ``iv``, or everything before its end when nothing earlier is stored
-    (the first run bootstraps the store). Refuses overlaps with partitions of other bounds."""
+    """What a run for ``iv`` stores: ``iv`` widened back to the last stored end before it (never a gap:
+    runs the scheduler skipped are caught up), or everything before its end when nothing earlier is
+    stored (the first run bootstraps the store). Refuses overlaps with partitions of other bounds."""
     parts = partitions(root)
     same_end = [p for p in parts if p.end == iv.end]
     if same_end:  # a re-run of a stored interval rewrites exactly that partition
         return same_end[0]
-    earlier = iv.start is not None and any(p.end <= iv.start for p in parts)
-    cover = Interval(iv.start if earlier else None, iv.end)
+    before = [p.end for p in parts if iv.start is not None and p.end <= iv.start]
+    cover = Interval(max(before) if before else None, iv.end)
     for p in parts:
         lo = p.start or dt.datetime.min.replace(tzinfo=dt.UTC)
         clo = cover.start or dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -130,6 +133,19 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
     pq.write_table(pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False).replace_schema_metadata(None),
                    tmp, compression="zstd", store_schema=False)  # fmt: skip
     tmp.replace(path)
+
+
+@contextmanager
+def locked(root: str | Path):
+    """Holds the store's lock: one writer at a time for the event store, the snapshot being built, the
+    live Feast registry and online store (a features DAG run and a `recall features run` may overlap)."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with open(Path(root) / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def store_events(root: str | Path, interactions: pd.DataFrame, iv: Interval) -> tuple[Interval, int]:
@@ -161,7 +177,7 @@ def released(tables: Tables, root: str | Path, end: dt.datetime) -> Tables:
     profile or catalogue rows dated later are not released yet; ones the events use always are)."""
     inter = stored_events(root, end)
     if inter.empty:
-        raise SnapshotError(f"no events stored before {end.isoformat()}; nothing to build a snapshot from")
+        return Tables(inter, tables.users.iloc[:0], tables.items.iloc[:0])
     cut = pd.Timestamp(end)
 
     def known(df: pd.DataFrame, key: str, used: pd.Series) -> pd.DataFrame:
@@ -213,6 +229,8 @@ def publish(root: str | Path, snapshot_id: str, info: dict[str, Any], registry_d
     """Makes a built, validated, applied and materialized snapshot visible: the Feast registry state is
     copied in, the manifest written (atomically, last), then ``latest.json`` moves to it."""
     d = snapshot_dir(root, snapshot_id)
+    if (d / MANIFEST).exists():  # published already (a retried step): immutable, nothing to redo
+        return json.loads((d / MANIFEST).read_text())
     if registry_db is not None and registry_db.exists():
         tmp = d / ".registry.db.tmp"
         shutil.copy2(registry_db, tmp)

@@ -285,8 +285,8 @@ def test_consecutive_days_publish_snapshots_and_a_pinned_training_run_is_unaffec
     day1 = dags_test("recall_features", {"overrides": overrides}, airflow_env, 600, logical_date="2024-05-01")
     assert day1.ok, day1.output[-4000:]
     (s1,) = snapshots.published(root)
-    # (`dags test` gives a run the empty interval [logical date, logical date]: the run releases what
-    # is new up to its logical date; a scheduled run releases its own [start, end).)
+    # (`dags test`, like Airflow 3's @daily, gives a run the empty interval [logical date, logical date]:
+    # the run releases what is new up to its logical date.)
     assert snapshots.manifest(root, s1)["interval"].startswith("[the beginning, 2024-05-01T00:00:00")
     assert asset_event_extras(airflow_env, FEATURES_URI)[-1]["snapshot"] == s1
     frozen = _files(root / "snapshots" / s1)
