@@ -64,15 +64,14 @@ def window_rows(tables, lo: dt.datetime, hi: dt.datetime):
     return rows, enc
 
 
-def hits(tag: str | None, registry, tables, lo, hi, k: int):
-    """Per event of [lo, hi): did the registered version put it in its top k (seen items masked)? None
-    without a version."""
+def hits(tags: list[str | None], registry, tables, lo, hi, k: int) -> list:
+    """Per version, per event of [lo, hi): did it put the event's item in its top k (seen items masked)?
+    None for a missing version. The period's rows are built once for all versions."""
     from components import compare
 
-    if tag is None:
-        return None
     rows, enc = window_rows(tables, lo, hi)
-    return compare.version_ranks(registry.get(tag), enc.data, rows, enc.item_ids, tables.users, True, k) < k
+    return [None if tag is None else compare.ServedVersion(registry.get(tag)).ranks(
+        enc.data, rows, enc.item_ids, tables.users, True, k) < k for tag in tags]  # fmt: skip
 
 
 def paired(a, b) -> tuple[float, float]:
@@ -129,8 +128,7 @@ def main() -> None:
             row["new_items"] = int((~tables.items.item_id.isin(prev.items.item_id)).sum())
             # What was served during the period that just ended, on its events, next to the one before it.
             row["served"], row["previous_served"] = served, previous_served
-            now_hits = hits(served, registry, tables, day - step, day, args.k)
-            before = hits(previous_served, registry, tables, day - step, day, args.k)
+            now_hits, before = hits([served, previous_served], registry, tables, day - step, day, args.k)
             row["events_scored"] = 0 if now_hits is None else len(now_hits)
             row["served_hr"] = float(now_hits.mean()) if row["events_scored"] else None
             row["previous_hr"] = float(before.mean()) if before is not None and len(before) else None

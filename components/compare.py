@@ -72,53 +72,63 @@ def production_version(routing: str, registry: str | Path | None) -> tuple[Model
         return None, f"production {tag} cannot be loaded: {e}"
 
 
-def version_ranks(
-    mv: ModelVersion,
-    data: SequenceData,
-    r: Rows,
-    item_ids: np.ndarray,
-    users_table: pd.DataFrame,
-    exclude_seen: bool,
-    max_k: int,
-    batch_size: int = 256,
-) -> np.ndarray:
-    """(R,) 0-based rank of each row's target in the version's served answer (ONNX tower → Faiss, seen
-    items removed), or :data:`MISS` when it is not among the top ``max_k``."""
-    from . import index as idx
-    from .export import run_tower
-    from .tower_inputs import TowerInputs
+class ServedVersion:
+    """A registered version loaded once (user tower session, index, vocabularies) to rank targets as
+    serving would answer, for as many row sets as needed."""
 
-    enc = TowerInputs(mv)
-    sess, index, served = mv.user_session(threads=0), mv.index(), mv.item_ids
-    profile = users_table.drop_duplicates("user_id", keep="last").set_index("user_id")
-    starts = data.indptr[r.users].numpy()
-    pos = r.pos.numpy()
-    out = np.full(len(pos), MISS, dtype=np.int64)
-    for lo in range(0, len(pos), batch_size):
-        sl = slice(lo, min(len(pos), lo + batch_size))
-        hist = [item_ids[data.items[s : s + p].numpy()] for s, p in zip(starts[sl], pos[sl], strict=True)]
-        feats: dict[str, list] = {
-            "hist_item_ids": [h[-enc.max_len :].tolist() for h in hist],
-            "hist_timestamps": [
-                data.times[s + max(0, p - enc.max_len) : s + p].numpy().astype(np.int64).tolist()
-                for s, p in zip(starts[sl], pos[sl], strict=True)
-            ],
-        }
-        for name in enc.vocabs:
-            col = profile[name] if name in profile else pd.Series(dtype=object)
-            feats[name] = [col.get(u) for u in r.raw_users[sl]]
-        q = run_tower(sess, enc.encode(r.raw_users[sl].tolist(), feats, r.target_time[sl]))
-        seen = [set(h.tolist()) - {t} if exclude_seen else set() for h, t in zip(hist, r.raw_targets[sl], strict=True)]
-        fetch = max_k + max((len(s) for s in seen), default=0)
-        _, found = idx.search(index, q, fetch)
-        for j, (row, target, s) in enumerate(zip(found, r.raw_targets[sl], seen, strict=True)):
-            raw = served[row[row >= 0]]
-            if s:
-                raw = raw[~np.isin(raw, list(s))]
-            hit = np.flatnonzero(raw[:max_k] == target)
-            if hit.size:
-                out[lo + j] = hit[0]
-    return out
+    def __init__(self, mv: ModelVersion):
+        from .tower_inputs import TowerInputs
+
+        self.mv = mv
+        self.encoder = TowerInputs(mv)
+        self.session, self.index, self.item_ids = mv.user_session(threads=0), mv.index(), mv.item_ids
+
+    def ranks(
+        self,
+        data: SequenceData,
+        r: Rows,
+        item_ids: np.ndarray,
+        users_table: pd.DataFrame,
+        exclude_seen: bool,
+        max_k: int,
+        batch_size: int = 256,
+    ) -> np.ndarray:
+        """(R,) 0-based rank of each row's target in the version's served answer (ONNX tower → Faiss, seen
+        items removed), or :data:`MISS` when it is not among the top ``max_k``."""
+        from . import index as idx
+        from .export import run_tower
+
+        enc = self.encoder
+        profile = users_table.drop_duplicates("user_id", keep="last").set_index("user_id")
+        starts = data.indptr[r.users].numpy()
+        pos = r.pos.numpy()
+        out = np.full(len(pos), MISS, dtype=np.int64)
+        for lo in range(0, len(pos), batch_size):
+            sl = slice(lo, min(len(pos), lo + batch_size))
+            hist = [item_ids[data.items[s : s + p].numpy()] for s, p in zip(starts[sl], pos[sl], strict=True)]
+            feats: dict[str, list] = {
+                "hist_item_ids": [h[-enc.max_len :].tolist() for h in hist],
+                "hist_timestamps": [
+                    data.times[s + max(0, p - enc.max_len) : s + p].numpy().astype(np.int64).tolist()
+                    for s, p in zip(starts[sl], pos[sl], strict=True)
+                ],
+            }
+            for name in enc.vocabs:
+                col = profile[name] if name in profile else pd.Series(dtype=object)
+                feats[name] = [col.get(u) for u in r.raw_users[sl]]
+            q = run_tower(self.session, enc.encode(r.raw_users[sl].tolist(), feats, r.target_time[sl]))
+            targets = r.raw_targets[sl]
+            seen = [set(h.tolist()) - {t} if exclude_seen else set() for h, t in zip(hist, targets, strict=True)]
+            fetch = max_k + max((len(s) for s in seen), default=0)
+            _, found = idx.search(self.index, q, fetch)
+            for j, (row, target, s) in enumerate(zip(found, targets, seen, strict=True)):
+                raw = self.item_ids[row[row >= 0]]
+                if s:
+                    raw = raw[~np.isin(raw, list(s))]
+                hit = np.flatnonzero(raw[:max_k] == target)
+                if hit.size:
+                    out[lo + j] = hit[0]
+        return out
 
 
 def slices(data: SequenceData, r: Rows, counts: torch.Tensor, production: ModelVersion | None) -> dict[str, np.ndarray]:

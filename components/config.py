@@ -69,6 +69,10 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def data_settings(self) -> dict[str, Any]:
+        """The data section as plain JSON values (what a snapshot records and a training run must match)."""
+        return json.loads(json.dumps(dataclasses.asdict(self.data), default=str))
+
     def training_signature(self) -> str:
         """What makes two trainings the same besides their data: the model, its parameters, the training
         settings (a registered version records it; the same signature on the same snapshot is not retrained)."""

@@ -227,20 +227,8 @@ def ingest_interval(cfg: Any, iv: Any = None) -> dict[str, Any]:
 
     root = Path(cfg.features.dir)
     tables = load_tables(cfg)
-    if iv is None or iv.start is None:  # everything new since the last stored partition, up to the end
-        parts, end = sn.partitions(root), (iv or sn.interval()).end
-        same = [p for p in parts if p.end == end]
-        if same:  # a re-run (say, after fixing the source) redoes exactly that partition
-            iv = same[0]
-        elif parts and parts[-1].end > end:
-            raise sn.SnapshotError(
-                f"the event store already holds data up to {parts[-1].end.isoformat()} and has no partition "
-                f"ending at {end.isoformat()} to redo; release new data with a later end"
-            )
-        else:
-            iv = sn.Interval(parts[-1].end if parts else None, end)
-    with sn.locked(root):
-        return _ingest_locked(cfg, root, tables, iv)
+    with sn.locked(root):  # the partitions are read and written by one run at a time
+        return _ingest_locked(cfg, root, tables, iv or sn.interval())
 
 
 def _ingest_locked(cfg: Any, root: Path, tables: Any, iv: Any) -> dict[str, Any]:
@@ -250,7 +238,7 @@ def _ingest_locked(cfg: Any, root: Path, tables: Any, iv: Any) -> dict[str, Any]
     inter = tables.interactions
     now = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=cfg.validation.future_slack_s)
     impossible = pd.to_datetime(inter.event_timestamp, utc=True) > now
-    cover, n_new = sn.store_events(root, inter[~impossible.to_numpy()], iv)
+    iv, n_new = sn.store_events(root, inter[~impossible.to_numpy()], iv)  # iv: what the partition covers
     released = sn.released(tables, root, iv.end)
     if impossible.any():
         released.interactions = pd.concat([released.interactions, inter[impossible.to_numpy()]], ignore_index=True)
@@ -259,8 +247,8 @@ def _ingest_locked(cfg: Any, root: Path, tables: Any, iv: Any) -> dict[str, Any]
     fp = sn.fingerprint(released, L)
     record: dict[str, Any] = {
         "snapshot": f"{sn._stamp(iv.end)}-{fp[:8]}", "interval": str(iv), "end": iv.end.isoformat(),
-        "partition": cover.name, "new_events": n_new, "fingerprint": fp, "max_len": L,
-        "data": json.loads(json.dumps(dataclasses.asdict(cfg.data), default=str)),
+        "partition": iv.name, "new_events": n_new, "fingerprint": fp, "max_len": L,
+        "data": cfg.data_settings(),
     }  # fmt: skip
     current = sn.latest(root)
     if released.interactions.empty:

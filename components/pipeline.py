@@ -92,7 +92,7 @@ def pinned(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = None) -> 
     report = json.loads((d / "validation.json").read_text()) if (d / "validation.json").exists() else {}
     if not report.get("success", False):
         raise ValueError(f"snapshot {sid} failed validation ({d / 'validation.json'}); fix the data, re-run features")
-    wanted = json.loads(json.dumps(dataclasses.asdict(cfg.data), default=str))
+    wanted = cfg.data_settings()
     if record["data"] != wanted:
         diff = sorted(k for k in set(record["data"]) | set(wanted) if record["data"].get(k) != wanted.get(k))
         raise ValueError(
@@ -108,12 +108,10 @@ def already_trained(cfg: RunConfig, snapshot: dict[str, Any]) -> str | None:
     """The registered version of this model trained on this snapshot's data with the same settings."""
     from .registry import Registry
 
-    reg, sig = Registry(cfg.registry), cfg.training_signature()
-    for v in reversed(reg.versions(cfg.model)):
-        meta = json.loads((reg.root / cfg.model / v / "model.json").read_text())
-        if meta.get("training_signature") == sig and meta.get("snapshot_fingerprint") == snapshot["fingerprint"]:
-            return meta["tag"]
-    return None
+    mv = Registry(cfg.registry).find(
+        cfg.model, training_signature=cfg.training_signature(), snapshot_fingerprint=snapshot["fingerprint"]
+    )
+    return None if mv is None else mv.tag
 
 
 def training_set(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = None, force: bool = False) -> dict:
@@ -190,6 +188,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     ks = tuple(sorted(set(rcfg.ks) | set(CURVE_KS)))
     L = rcfg.train.max_len
     prod, why = compare.production_version(cfg.routing, cfg.registry)
+    served = None if prod is None else compare.ServedVersion(prod)  # loaded once for both splits
     result: dict[str, Any] = {"model": model.name, "ks": list(rcfg.ks), "curve_ks": list(CURVE_KS), "slices": {}}
     if prod is not None:
         fp = prod.meta.get("dataset_fingerprint")
@@ -201,10 +200,8 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         rows = compare.rows(enc.data, split, part, enc.user_ids, enc.item_ids)
         ranks = {"candidate": model_ranks(model, enc.data, split, part, L, rcfg.exclude_seen).numpy(),
                  "popularity": popularity_ranks(counts, enc.data, split, part, rcfg.exclude_seen).numpy()}  # fmt: skip
-        if prod is not None:
-            ranks["production"] = compare.version_ranks(
-                prod, enc.data, rows, enc.item_ids, tables.users, rcfg.exclude_seen, max(ks)
-            )
+        if served is not None:
+            ranks["production"] = served.ranks(enc.data, rows, enc.item_ids, tables.users, rcfg.exclude_seen, max(ks))
             result["production"][part] = metrics_from_ranks(torch.as_tensor(ranks["production"]), ks)
         result[part] = metrics_from_ranks(torch.as_tensor(ranks["candidate"]), ks)
         result[f"popularity_{part}"] = metrics_from_ranks(torch.as_tensor(ranks["popularity"]), ks)

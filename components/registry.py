@@ -255,11 +255,11 @@ class Registry:
     def get(self, ref: str) -> ModelVersion:
         return load(self.path(ref))
 
-    def find(self, model: str, key: str) -> ModelVersion | None:
-        """The version registered under ``key`` (see :meth:`write`), or None."""
-        for v in self.versions(model):
+    def find(self, model: str, **fields: Any) -> ModelVersion | None:
+        """The newest version of ``model`` whose model.json has all these values (e.g. ``run_key=…``), or None."""
+        for v in reversed(self.versions(model)):
             meta = self.root / model / v / "model.json"
-            if meta.is_file() and json.loads(meta.read_text()).get("run_key") == key:
+            if meta.is_file() and all(json.loads(meta.read_text()).get(k) == x for k, x in fields.items()):
                 return load(meta.parent)
         return None
 
@@ -278,11 +278,11 @@ class Registry:
             raise ValueError(f"version must look like v<number>, got {version!r}")
         parent = self.root / model
         parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.root / f".{model}.lock"):
+        with file_lock(self.root / f".{model}.lock"):
             for stale in parent.glob(".staging-*"):
                 logger.warning("removing %s, left by a registration that died mid-write", stale)
                 shutil.rmtree(stale, ignore_errors=True)
-            if key is not None and (existing := self.find(model, key)) is not None:
+            if key is not None and (existing := self.find(model, run_key=key)) is not None:
                 logger.info("%s is already registered for this run (key %s)", existing.tag, key)
                 return existing
             version = version or self.next_version(model)
@@ -317,9 +317,10 @@ class Registry:
 
 
 @contextmanager
-def _locked(path: Path):
+def file_lock(path: str | Path):
     """An exclusive advisory lock (flock) on ``path``, held for the ``with`` block; released by the
     kernel if the holder dies."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

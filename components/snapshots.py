@@ -26,13 +26,11 @@ with the same bytes; an interval overlapping a stored partition with other bound
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
 import re
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .datasets import Tables
-from .registry import atomic_write_json
+from .registry import atomic_write_json, file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +106,21 @@ def partitions(root: str | Path) -> list[Interval]:
 
 
 def _coverage(root: Path, iv: Interval) -> Interval:
-    """What a run for ``iv`` stores: ``iv`` widened back to the last stored end before it (never a gap:
-    runs the scheduler skipped are caught up), or everything before its end when nothing earlier is
-    stored (the first run bootstraps the store). Refuses overlaps with partitions of other bounds."""
+    """What a run for ``iv`` stores: the stored partition with the same end (a re-run redoes exactly
+    it), else ``iv`` widened back to the last stored end before it (never a gap: runs the scheduler
+    skipped are caught up; no start means "since the last stored end"), or everything before its end
+    when nothing earlier is stored (the first run bootstraps the store). Refuses overlaps with
+    partitions of other bounds, and a start-less run ending inside the stored history."""
     parts = partitions(root)
     same_end = [p for p in parts if p.end == iv.end]
-    if same_end:  # a re-run of a stored interval rewrites exactly that partition
+    if same_end:
         return same_end[0]
-    before = [p.end for p in parts if iv.start is not None and p.end <= iv.start]
+    if iv.start is None and parts and parts[-1].end > iv.end:
+        raise SnapshotError(
+            f"the event store already holds data up to {parts[-1].end.isoformat()} and has no partition "
+            f"ending at {iv.end.isoformat()} to redo; release new data with a later end"
+        )
+    before = [p.end for p in parts if p.end <= (iv.start or iv.end)]
     cover = Interval(max(before) if before else None, iv.end)
     for p in parts:
         lo = p.start or dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -135,17 +140,10 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-@contextmanager
 def locked(root: str | Path):
-    """Holds the store's lock: one writer at a time for the event store, the snapshot being built, the
-    live Feast registry and online store (a features DAG run and a `recall features run` may overlap)."""
-    Path(root).mkdir(parents=True, exist_ok=True)
-    with open(Path(root) / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """The store's lock: one writer at a time for the event store, the snapshot being built, the live
+    Feast registry and online store (a features DAG run and a `recall features run` may overlap)."""
+    return file_lock(Path(root) / ".lock")
 
 
 def store_events(root: str | Path, interactions: pd.DataFrame, iv: Interval) -> tuple[Interval, int]:

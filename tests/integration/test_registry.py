@@ -117,12 +117,13 @@ def test_a_version_scored_offline_ranks_targets_as_the_evaluator_does(name, runs
     for part in ("val", "test"):
         rows = compare.rows(enc.data, split, part, enc.user_ids, enc.item_ids)
         ref = model_ranks(model, enc.data, split, part, 20, exclude_seen=True).numpy()
-        got = compare.version_ranks(mv, enc.data, rows, enc.item_ids, tables.users, True, max_k=50)
+        got = compare.ServedVersion(mv).ranks(enc.data, rows, enc.item_ids, tables.users, True, max_k=50)
         ref = np.where(ref < 50, ref, compare.MISS)
         assert (got == ref).mean() > 0.97, (part, (got != ref).sum())
         assert (got < 50).sum() > 0.2 * len(got)  # the comparison is not between two lists of misses
     rows.raw_targets = np.full_like(rows.raw_targets, 10**9)  # an item production never saw
-    assert (compare.version_ranks(mv, enc.data, rows, enc.item_ids, tables.users, True, 50) == compare.MISS).all()
+    served = compare.ServedVersion(mv)
+    assert (served.ranks(enc.data, rows, enc.item_ids, tables.users, True, 50) == compare.MISS).all()
     masks = compare.slices(enc.data, rows, torch.ones(enc.data.n_items), mv)
     assert masks["item=new"].all() and not masks["user=new"].any()
 

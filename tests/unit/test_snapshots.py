@@ -68,3 +68,12 @@ def test_publishing_twice_leaves_the_published_snapshot_as_it_was(tmp_path):
     with pytest.raises(sn.SnapshotError, match="has not passed validation"):
         sn.publish(tmp_path, "s2", {"end": day(3).isoformat(), "fingerprint": "g"}, None)
     assert sn.latest(tmp_path)["id"] == "s1"
+
+
+def test_without_a_start_a_run_releases_what_is_new_since_the_last_stored_end(tmp_path):
+    src = events(1, 2, 3, 4)
+    assert sn.store_events(tmp_path, src, sn.Interval(None, day(2))) == (sn.Interval(None, day(2)), 1)
+    assert sn.store_events(tmp_path, src, sn.Interval(None, day(4))) == (sn.Interval(day(2), day(4)), 2)
+    assert sn.store_events(tmp_path, src, sn.Interval(None, day(4)))[0] == sn.Interval(day(2), day(4))  # re-run
+    with pytest.raises(sn.SnapshotError, match="no partition ending at 2024-06-03"):
+        sn.store_events(tmp_path, src, sn.Interval(None, day(3)))
