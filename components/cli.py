@@ -425,6 +425,54 @@ def rollback(
     console.print(f"rolled back: default is now {new.default} → {routing}")
 
 
+@app.command()
+def refresh(
+    version: str = typer.Argument(None, help="Version to refresh, e.g. recall-dssm:v2 (default: every served one)."),
+    features_dir: Path = typer.Option(
+        Path(os.environ.get("RECALL_FEATURE_DIR", "runs/features")),
+        "--features-dir",
+        help="Feature store root: the catalogue of its latest published snapshot is read.",
+    ),
+    remove: list[int] = typer.Option(None, "--remove", help="Withdraw an item (raw id; repeatable)."),
+    swap: bool = typer.Option(True, "--swap/--no-swap", help="Serve the new version where the routing names the old."),
+    reason: str = typer.Option("item refresh", help="Why (goes into the audit log)."),
+    routing: Path = RoutingOpt,
+    audit_log: Path = AuditOpt,
+    registry: Path = RegistryOpt,
+) -> None:
+    """Put catalogue items a version never saw into its index (its item tower places them by their
+    attributes) as a new version, and serve it in its place. ID-only models are refused."""
+    import pandas as pd
+
+    from . import snapshots as sn
+    from .promote import swap as do_swap
+    from .refresh import RefreshError, refresh_served
+    from .refresh import refresh as do_refresh
+    from .registry import VersionError
+
+    reg = _registry(registry)
+    try:
+        if version is None:
+            records = refresh_served(routing, reg, features_dir, audit_log)
+        else:
+            latest = sn.latest(features_dir)
+            if latest is None:
+                raise FileNotFoundError(f"{features_dir} has no published snapshot: run `recall features run` first")
+            catalogue = pd.read_parquet(Path(latest["dir"]) / "items.parquet")
+            _, record = do_refresh(reg.get(version), catalogue, reg, remove or (), latest["id"])
+            records = [record]
+    except (RefreshError, VersionError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    for r in records:
+        why = f" ({r['why']})" if "why" in r else ""
+        console.print(f"{r['status']}: {r['version']} — {r['added']} new, {len(r['removed'])} withdrawn item(s){why}")
+    if version is not None and swap and records[0]["version"] != records[0]["parent"]:
+        with _refusals():
+            do_swap(routing, records[0]["parent"], records[0]["version"], audit_log, reason)
+        console.print(f"serving {records[0]['version']} in place of {records[0]['parent']} → {routing}")
+
+
 def _print_gate(verdict: dict) -> None:
     colour = {"passed": "green", "failed": "red", "skipped": "yellow"}
     for c in verdict["checks"]:

@@ -277,7 +277,15 @@ def _categorical(values: pd.Series) -> tuple[np.ndarray, list[str]]:
     return values.astype(str).map(lookup).fillna(0).to_numpy(dtype=np.int64), vocab
 
 
-def encode(tables: Tables, max_len: int = 50, max_genres: int = 6) -> Encoded:
+MAX_GENRES = 6  # genres per item the item tower reads (left-padded with 0)
+
+
+def decades(year: pd.Series) -> pd.Series:
+    """The item tower's ``decade`` attribute: "1990" for 1990-1999, "0" for an unknown year."""
+    return (year // 10 * 10).where(year > 0, 0).astype(str)
+
+
+def encode(tables: Tables, max_len: int = 50, max_genres: int = MAX_GENRES) -> Encoded:
     """Canonical tables → :class:`SequenceData`, time-ordered per user (stable on equal timestamps)."""
     inter, users, items = tables.interactions, tables.users, tables.items
     for col in ("user_id", "item_id", "event_timestamp"):
@@ -309,8 +317,7 @@ def encode(tables: Tables, max_len: int = 50, max_genres: int = 6) -> Encoded:
             user_sparse[col] = len(vocab) + 1
     item_table = {"item_id": torch.arange(N)}
     irows = np.searchsorted(item_ids, items.item_id.to_numpy()) + 1
-    decade = (items.year // 10 * 10).where(items.year > 0, 0).astype(str)
-    codes, vocab = _categorical(decade)
+    codes, vocab = _categorical(decades(items.year))
     full = np.zeros(N, dtype=np.int64)
     full[irows] = codes
     item_table["decade"], vocabs["decade"] = torch.from_numpy(full), vocab

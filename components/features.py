@@ -208,6 +208,49 @@ def online_features(fs, user_ids: list[int], service: str | None = None, request
     return fs.get_online_features(features=refs, entity_rows=rows).to_dict()
 
 
+PUSH_SOURCES = ("user_behaviour_push", "user_seen_push")
+
+
+def push_events(fs, root: str | Path, events: pd.DataFrame, max_len: int) -> dict[str, int]:
+    """New interactions → the online store at once, through the behaviour and seen-set push sources.
+
+    ``events`` has ``user_id``, ``item_id`` and ``event_timestamp``. Each user's online history (the last
+    ``max_len`` items with their times) and seen set are read, the events merged in time order (one in
+    the same second as a stored one comes after it: the batch's tie rule) and both rows pushed at the
+    time of the user's latest event, so the next request for that user sees them. Read, merge and write
+    hold the store's push lock: concurrent pushes (several serving workers) never lose a click.
+
+    The daily features run ingests the same events from the source of record; its materialize writes
+    the same histories. (With Redis an older batch row never replaces a newer pushed one; SQLite writes
+    unconditionally, so a materialize that ends before a pushed click undoes it until the next run.)
+    """
+    from .registry import file_lock
+
+    if events.empty:
+        return {"users": 0, "events": 0}
+    ev = events[["user_id", "item_id", "event_timestamp"]].copy()
+    ev["t"] = pd.to_datetime(ev.event_timestamp, utc=True).astype("datetime64[us, UTC]")
+    ev = ev.sort_values(["user_id", "t"], kind="stable")
+    users = ev.user_id.astype("int64").unique().tolist()
+    refs = ["user_behaviour:hist_item_ids", "user_behaviour:hist_timestamps", "user_seen:seen_item_ids"]
+    beh, seen = [], []
+    with file_lock(Path(root) / ".push.lock"):
+        cur = fs.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users]).to_dict()
+        for j, (u, g) in enumerate(ev.groupby("user_id", sort=False)):
+            items = list(cur["hist_item_ids"][j] or []) + g.item_id.astype("int64").tolist()
+            secs = list(cur["hist_timestamps"][j] or []) + (g.t.astype("int64") // 1_000_000).tolist()
+            order = sorted(range(len(items)), key=lambda i: secs[i])[-max_len:]  # stable: stored first on ties
+            known = list(cur["seen_item_ids"][j] or [])
+            new = [i for i in dict.fromkeys(g.item_id.astype("int64").tolist()) if i not in set(known)]
+            t = g.t.max()
+            beh.append({"user_id": int(u), "event_timestamp": t, "hist_item_ids": [items[i] for i in order],
+                        "hist_timestamps": [secs[i] for i in order], "hist_len": len(order)})  # fmt: skip
+            seen.append({"user_id": int(u), "event_timestamp": t, "seen_item_ids": known + new})
+        fs.push(PUSH_SOURCES[0], pd.DataFrame(beh))
+        fs.push(PUSH_SOURCES[1], pd.DataFrame(seen))
+    return {"users": len(users), "events": len(ev)}
+
+
 STEPS = ("ingest", "validate", "apply", "materialize")
 PENDING = "pending.json"  # the last ingest's record: which snapshot the next steps build and publish
 

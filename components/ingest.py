@@ -11,6 +11,9 @@ item files. Output, under a run-scoped directory::
                            order, see :func:`event_order`): hist_item_ids list<int64> (the last L items
                            up to and including that event, oldest → newest), hist_timestamps
                            list<int64> (unix seconds), hist_len
+    user_seen.parquet      one row per user, at the key of their last event: seen_item_ids list<int64>,
+                           every distinct item they interacted with (first interaction first) — what
+                           serving excludes with ``exclude_seen``, however long ago it was seen
 
 A snapshot is the state right after its event, which is what the online store must hold. A training
 example whose target has key k therefore reads the snapshot as of k − 1 µs (see components.features):
@@ -33,7 +36,7 @@ from .datasets import Tables
 
 logger = logging.getLogger(__name__)
 
-TABLES = ("interactions", "users", "items", "user_behaviour")
+TABLES = ("interactions", "users", "items", "user_behaviour", "user_seen")
 CANONICAL_INTERACTIONS = ("user_id", "item_id", "event_timestamp", "rating")
 
 
@@ -136,6 +139,27 @@ def user_behaviour(interactions: pd.DataFrame, max_len: int) -> pd.DataFrame:
     ).to_pandas()
 
 
+def user_seen(interactions: pd.DataFrame) -> pa.Table:
+    """The seen-set table: one row per user at the key of their last event, with every distinct item
+    they interacted with, in order of first interaction. Vectorised over all users."""
+    df, keys = event_order(interactions)  # by user, then time
+    users = df.user_id.to_numpy(dtype=np.int64)
+    items = df.item_id.to_numpy(dtype=np.int64)
+    last = np.r_[users[1:] != users[:-1], True]  # each user's last event row
+    first_seen = ~pd.DataFrame({"u": users, "i": items}).duplicated().to_numpy()
+    u_seen = users[first_seen]
+    counts = np.bincount(np.searchsorted(users[last], u_seen), minlength=int(last.sum()))
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int32 if len(u_seen) < 2**31 else np.int64)
+    lists = pa.LargeListArray if offsets.dtype == np.int64 else pa.ListArray
+    return pa.table(
+        {
+            "user_id": pa.array(users[last], pa.int64()),
+            "event_timestamp": pa.array(keys[last], pa.timestamp("us", tz="UTC")),
+            "seen_item_ids": lists.from_arrays(offsets, items[first_seen]),
+        }
+    )
+
+
 def _canonical(df: pd.DataFrame, key: str) -> pa.Table:
     """Stable column order and types: timestamps as µs UTC, ids int64, rows sorted by key (and time)."""
     df = df.copy()
@@ -180,11 +204,14 @@ def ingest(tables: Tables, out_dir: str | Path, max_len: int = 50) -> IngestOutp
     clean = inter.dropna(subset=["user_id", "item_id", "event_timestamp"])
     beh = user_behaviour(clean, max_len)
     _write(pa.Table.from_pandas(beh, preserve_index=False), out / "user_behaviour.parquet")
+    seen = user_seen(clean)
+    _write(seen, out / "user_seen.parquet")
     rows = {
         "interactions": len(inter),
         "users": len(tables.users),
         "items": len(tables.items),
         "user_behaviour": len(beh),
+        "user_seen": seen.num_rows,
     }
     logger.info("ingested %s into %s", rows, out)
     return IngestOutput(str(out), rows, Tables(clean, tables.users, tables.items).fingerprint())

@@ -134,6 +134,34 @@ def promote(
     return new
 
 
+def swap(routing_path: str | Path, old: str, new: str, audit_log: str | Path, reason: str = "") -> rt.Routing:
+    """Serves ``new`` wherever the routing names ``old`` (the default and any experiment variant): how a
+    refreshed version (same model, current catalogue) replaces its parent. Assignments do not move; a
+    repeated swap (a retry) changes nothing."""
+    from .registry import parse_ref
+
+    path = Path(routing_path)
+    current = rt.load(path)
+    same = parse_ref(old)
+
+    def sub(tag: str) -> str:
+        return new if parse_ref(tag) == same else tag
+
+    experiments = tuple(
+        rt.Experiment(e.name, e.salt, tuple(rt.Variant(v.name, sub(v.model), v.weight) for v in e.variants), e.traffic)
+        for e in current.experiments
+    )
+    updated = rt.Routing(sub(current.default), experiments)
+    if updated == current and parse_ref(new) in [parse_ref(m) for m in current.models()]:
+        return current  # swapped already (a retry): nothing to do
+    if updated == current:
+        raise PromotionRefused(f"the routing does not serve {old}; nothing to replace (it serves {current.models()})")
+    _write(path, updated)
+    audit(audit_log, {"action": "swap", "old": old, "new": new, "reason": reason,
+                      "before": rt.to_dict(current), "after": rt.to_dict(updated)})  # fmt: skip
+    return updated
+
+
 def rollback(routing_path: str | Path, audit_log: str | Path, reason: str = "") -> rt.Routing:
     """Restores the default that the most recent promotion (not yet rolled back) replaced."""
     path = Path(routing_path)

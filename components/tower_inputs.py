@@ -1,9 +1,10 @@
-"""Raw feature values → a registered version's user-tower inputs, as its ``feature_spec.json`` says.
+"""Raw feature values → a registered version's tower inputs, as its ``feature_spec.json`` says.
 
 Item and user ids go through ``vocab/*.npy``, categorical profile values through ``vocab/<name>.json``
 (unknown → 0), histories are left-padded to the spec's length, ``hist_age`` is days between each history
 event and the request time. Serving uses this for every request; the gate uses it to score the
-production version offline on a candidate's evaluation events, exactly as serving would.
+production version offline on a candidate's evaluation events, exactly as serving would; item refresh
+uses :meth:`TowerInputs.encode_items` to place catalogue rows with the version's own item tower.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 
+from .datasets import MAX_GENRES, decades
 from .registry import ModelVersion
 
 
@@ -24,7 +27,7 @@ class TowerInputs:
         user_vocab = np.load(mv.path / "vocab" / "user_id.npy")
         self.user_index = {int(r): i for i, r in enumerate(user_vocab) if i > 0}
         self.vocabs: dict[str, dict[str, int]] = {}
-        for spec in self.spec["user_inputs"]:
+        for spec in [*self.spec["user_inputs"], *self.spec["item_inputs"]]:
             v = spec.get("vocab", "")
             if v.endswith(".json"):
                 values = json.loads((mv.path / v).read_text())
@@ -71,4 +74,25 @@ class TowerInputs:
             else:
                 vocab = self.vocabs.get(name, {})
                 out[name] = np.array([vocab.get(str(v), 0) for v in feats[name]], dtype=np.int64)
+        return out
+
+    def encode_items(self, items: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Item-tower inputs for raw catalogue rows (``item_id``, ``year``, ``genres``, …), encoded as in
+        training: ids through the version's vocabulary (an item it never saw gets 0, so its vector comes
+        from its attributes alone), attributes through their vocabularies (unknown → 0)."""
+        out: dict[str, np.ndarray] = {}
+        for spec in self.spec["item_inputs"]:
+            name = spec["name"]
+            vocab = self.vocabs.get(name, {})
+            if name == "item_id":
+                out[name] = np.array([self.item_index.get(int(i), 0) for i in items.item_id], dtype=np.int64)
+            elif name == "genres":
+                rows = [[vocab.get(str(g), 0) for g in list(gs)[:MAX_GENRES]] for gs in items.genres]
+                out[name] = np.zeros((len(rows), MAX_GENRES), dtype=np.int64)
+                for i, r in enumerate(rows):
+                    if r:
+                        out[name][i, MAX_GENRES - len(r) :] = r
+            else:
+                values = decades(items.year) if name == "decade" else items[name].astype(str)
+                out[name] = np.array([vocab.get(v, 0) for v in values], dtype=np.int64)
         return out

@@ -1,6 +1,10 @@
-"""Feast definitions: entities ``user`` and ``item``; feature views ``user_profile``, ``user_behaviour``
-and ``item_features`` over the ingested parquet tables; the on-demand view ``context`` computed from the
-request time; one versioned feature service per model family.
+"""Feast definitions: entities ``user`` and ``item``; feature views ``user_profile``, ``user_behaviour``,
+``user_seen`` and ``item_features`` over the ingested parquet tables; the on-demand view ``context``
+computed from the request time; one versioned feature service per model family.
+
+``user_behaviour`` and ``user_seen`` are fed by push sources as well (``user_behaviour_push``,
+``user_seen_push``: the parquet tables are their batch sources), so a click pushed between two daily
+runs reaches the online store at once (:func:`components.features.push_events`).
 
 :func:`build` makes every object for a data directory; the module-level objects (for the ``feast`` CLI)
 use ``$RECALL_FEATURE_DIR`` (default ``data`` beside this file).
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Int64, String, UnixTimestamp
 
@@ -90,8 +94,16 @@ def build(data_dir: str | Path) -> dict[str, list]:
             Field(name="hist_timestamps", dtype=Array(Int64)),
             Field(name="hist_len", dtype=Int64),
         ],
-        source=source("user_behaviour"),
+        source=PushSource(name="user_behaviour_push", batch_source=source("user_behaviour")),
         description="the last L items at or before each snapshot, oldest → newest, with their times",
+    )
+    user_seen = FeatureView(
+        name="user_seen",
+        entities=[user],
+        ttl=TTL,
+        schema=[Field(name="seen_item_ids", dtype=Array(Int64))],
+        source=PushSource(name="user_seen_push", batch_source=source("user_seen")),
+        description="every item the user interacted with (serving excludes them; no model input)",
     )
     item_features = FeatureView(
         name="item_features",
@@ -115,7 +127,7 @@ def build(data_dir: str | Path) -> dict[str, list]:
     ]
     return {
         "entities": [user, item],
-        "views": [user_profile, user_behaviour, item_features],
+        "views": [user_profile, user_behaviour, user_seen, item_features],
         "on_demand": [context],
         "services": services,
     }
@@ -131,5 +143,5 @@ def service_for(model: str) -> str:
 
 # Module-level objects for `feast apply` run in this directory.
 _objects = build(os.environ.get("RECALL_FEATURE_DIR", Path(__file__).parent / "data"))
-user_profile, user_behaviour, item_features = _objects["views"]
+user_profile, user_behaviour, user_seen, item_features = _objects["views"]
 recall_sequence_v1, recall_profile_sequence_v1 = _objects["services"]

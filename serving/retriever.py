@@ -17,6 +17,8 @@ from components.export import run_tower
 from components.registry import ModelVersion
 from components.tower_inputs import TowerInputs
 
+SEEN = "user_seen:seen_item_ids"  # every item the user interacted with, however long ago
+
 
 @dataclass
 class Result:
@@ -34,7 +36,8 @@ class Retriever:
         self.index = mv.index()
         self.item_ids = mv.item_ids  # index row → raw item id
         self.encoder = TowerInputs(mv)
-        self.feature_refs = self.encoder.feature_refs  # what to read from the feature store, per request
+        # What to read from the feature store per request: the tower's inputs and the full seen set.
+        self.feature_refs = [*self.encoder.feature_refs, SEEN]
         pop_path = mv.path / "popularity.npy"
         pop = np.load(pop_path) if pop_path.exists() else np.zeros(len(self.item_ids))
         self.popular_rows = np.argsort(-pop, kind="stable")
@@ -51,7 +54,8 @@ class Retriever:
     def recall(
         self, users: list[int], feats: dict[str, list], ks: list[int], exclude_seen: list[bool], now_s: float
     ) -> list[Result]:
-        """Top-k raw item ids per user. Users without history get the popularity fallback."""
+        """Top-k raw item ids per user, without the items they have seen (their whole seen set and
+        history) where ``exclude_seen``. Users without history get the popularity fallback."""
         results: list[Result | None] = [None] * len(users)
         known = [i for i, h in enumerate(feats["hist_item_ids"]) if h]
         for i in range(len(users)):
@@ -61,7 +65,12 @@ class Retriever:
             sub = {name: [vals[i] for i in known] for name, vals in feats.items()}
             x = self.encoder.encode([users[i] for i in known], sub, now_s)
             q = run_tower(self.session, x)
-            seen = [set(int(v) for v in feats["hist_item_ids"][i]) if exclude_seen[i] else set() for i in known]
+            everything = feats.get("seen_item_ids") or [None] * len(users)
+            seen = [
+                {int(v) for v in (everything[i] or [])} | {int(v) for v in feats["hist_item_ids"][i]}
+                if exclude_seen[i] else set()
+                for i in known
+            ]  # fmt: skip
             fetch = max(ks[i] + len(s) for i, s in zip(known, seen, strict=True))
             with self._search_lock:  # one search at a time per index: Faiss threads are already busy
                 scores, rows = idx.search(self.index, q, fetch)

@@ -6,13 +6,17 @@ concurrent calls). Unknown or history-less users get the popularity fallback. ``
 (alive), ``GET /readyz`` (JSON: loaded and refused versions; 503 until the default version serves),
 ``GET /metrics`` (Prometheus, per-variant counts and latency, cache hit rate), ``GET /status``,
 ``POST /admin/reload`` (bearer ``$RECALL_ADMIN_TOKEN``). The routing file is also watched and reloaded
-without a restart; the swap is atomic.
+without a restart; the swap is atomic. ``POST /events`` (bearer ``$RECALL_INGEST_TOKEN``) pushes new
+interactions into the online store through Feast's push sources: the next ``/recall`` of those users
+sees them in its history and seen set (every worker drops their cached results).
 
 Settings (environment): ``RECALL_ROUTING`` (serving/routing.yaml), ``RECALL_REGISTRY`` (runs/registry;
 versions not found there come from the BentoML model store), ``RECALL_FEATURE_DIR``,
 ``RECALL_ONLINE_STORE`` (sqlite | redis), ``RECALL_REDIS``, ``RECALL_RESPONSE_LOG``
 (runs/serving/responses.jsonl), ``RECALL_ADMIN_TOKEN``, ``RECALL_WATCH_INTERVAL_S`` (1; 0 = off),
-``RECALL_CACHE_ENTRIES`` (10000), ``RECALL_CACHE_TTL_S`` (60), ``RECALL_MAX_BODY_BYTES`` (1 MiB).
+``RECALL_CACHE_ENTRIES`` (10000), ``RECALL_CACHE_TTL_S`` (60), ``RECALL_MAX_BODY_BYTES`` (1 MiB),
+``RECALL_INGEST_TOKEN`` (unset: ``/events`` is disabled), ``RECALL_PUSH_JOURNAL``
+(``$RECALL_FEATURE_DIR/pushes.log``: shared by the workers, which must see the same file).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from components import routing as rt
 from components.registry import ModelVersion, Registry, VersionError, load, load_from_bentoml
 
 from .logsink import ResponseLog
-from .state import ServingState, build_state
+from .state import PushJournal, ServingState, build_state
 
 logger = logging.getLogger("recall.serving")
 
@@ -64,6 +68,17 @@ class RecallRequest(BaseModel):
 
 MAX_BATCH = 1000  # users per /recall_batch call (and per merged batch)
 Batch = Annotated[list[RecallRequest], Field(min_length=1, max_length=MAX_BATCH)]
+RawId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9]{1,18}$")]
+FUTURE_SLACK_S = 300  # an event stamped later than this is a clock or client bug
+
+
+class Event(BaseModel):
+    user_id: RawId
+    item_id: RawId
+    timestamp: float | None = Field(None, ge=0, description="unix seconds; default: when it arrives")
+
+
+Events = Annotated[list[Event], Field(min_length=1, max_length=MAX_BATCH)]
 
 
 def _env(name: str, default: str) -> str:
@@ -97,6 +112,8 @@ class Controller:
         gc.freeze()  # long-lived objects (Feast, torch, the indexes) out of every later collection: fewer pauses
         self._feature_store = None
         self._fs_lock = threading.Lock()
+        self.feature_dir = _env("RECALL_FEATURE_DIR", "runs/features")
+        self.journal = PushJournal(_env("RECALL_PUSH_JOURNAL", str(Path(self.feature_dir) / "pushes.log")))
         interval = float(_env("RECALL_WATCH_INTERVAL_S", "1"))
         if interval > 0:
             threading.Thread(target=self._watch, args=(interval,), daemon=True, name="routing-watch").start()
@@ -153,7 +170,7 @@ class Controller:
             from components.features import StoreConfig, store
 
             cfg = StoreConfig(
-                _env("RECALL_FEATURE_DIR", "runs/features"),
+                self.feature_dir,
                 _env("RECALL_ONLINE_STORE", "sqlite"),
                 _env("RECALL_REDIS", "localhost:6379"),
             )
@@ -164,6 +181,26 @@ class Controller:
         rows = [{"user_id": u} for u in users]
         with self._fs_lock:  # Feast's SQLite connection is not shared across threads safely
             return self.feature_store().get_online_features(features=refs, entity_rows=rows).to_dict()
+
+    def push(self, events) -> dict[str, int]:
+        """New interactions → the online store (:func:`components.features.push_events`), at the history
+        length of the latest published snapshot; then every worker forgets those users' cached results."""
+        from components import snapshots as sn
+        from components.features import push_events
+
+        latest = sn.latest(self.feature_dir)
+        if latest is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"no published feature snapshot in {self.feature_dir}")
+        with self._fs_lock:
+            out = push_events(self.feature_store(), self.feature_dir, events, int(latest["max_len"]))
+        self.journal.record([str(u) for u in events.user_id.unique()])
+        return out
+
+    def forget_pushed(self, state: ServingState) -> None:
+        """Drops the cached results of users whose features were pushed since the last look."""
+        stale = self.journal.changed()
+        if stale is None or stale:
+            state.cache.drop_users(stale)
 
 
 CONTROLLER: Controller | None = None  # the worker's controller, for the control middleware
@@ -197,6 +234,12 @@ class ControlMiddleware:
             return await _json(send, 200 if st.ready else 503, body)
         if path == "/status" and ctl is not None:
             return await _json(send, 200, ctl.state.status())
+        if path == "/events":
+            token = os.environ.get("RECALL_INGEST_TOKEN")
+            if not token:
+                return await _json(send, 403, {"error": "event ingestion is disabled: RECALL_INGEST_TOKEN is not set"})
+            if headers.get("authorization") != f"Bearer {token}":
+                return await _json(send, 401, {"error": "missing or wrong bearer token"})
         if path == "/admin/reload":
             if method != "POST":
                 return await _json(send, 405, {"error": "use POST /admin/reload"})
@@ -283,9 +326,11 @@ class RecallService:
         errors: dict[int, str] = {}
         groups: dict[str, list[int]] = {}
         plans = []
+        self.ctl.forget_pushed(state)
         for i, r in enumerate(reqs):
             a, retriever, flag = state.route(r.user_id)
-            key = (retriever.tag, r.user_id, r.k, r.exclude_seen, json.dumps(r.context or {}, sort_keys=True))
+            user = str(int(r.user_id)) if r.user_id.isdigit() else r.user_id  # as pushes name them
+            key = (retriever.tag, user, r.k, r.exclude_seen, json.dumps(r.context or {}, sort_keys=True))
             plans.append((a, retriever, flag, key))
             cached = state.cache.get(key)
             if cached is not None:
@@ -376,6 +421,29 @@ class RecallService:
         concurrent calls are merged by BentoML's adaptive batching into one feature read, one tower
         run and one index search per model version."""
         return self._serve(requests)
+
+    @bentoml.api(route="/events")
+    def events(self, events: Events) -> dict[str, Any]:
+        """New interactions, ``{"events": [{"user_id": "1", "item_id": "50", "timestamp": 1700000000}]}``
+        (at most 1000; ids are raw integer ids; no timestamp = now): pushed to the online store at once."""
+        import pandas as pd
+
+        now = time.time()
+        late = [e.timestamp for e in events if e.timestamp is not None and e.timestamp > now + FUTURE_SLACK_S]
+        if late:
+            raise bentoml.exceptions.InvalidArgument(
+                f"event timestamp {late[0]:.0f} is {late[0] - now:.0f} s in the future (unix seconds expected)"
+            )
+        df = pd.DataFrame(
+            {
+                "user_id": [int(e.user_id) for e in events],
+                "item_id": [int(e.item_id) for e in events],
+                "event_timestamp": pd.to_datetime([e.timestamp or now for e in events], unit="s", utc=True),
+            }
+        )
+        out = self.ctl.push(df)
+        logger.info("pushed %d event(s) of %d user(s)", out["events"], out["users"])
+        return out
 
 
 RecallService.add_asgi_middleware(ControlMiddleware)

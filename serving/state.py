@@ -8,6 +8,7 @@ replaces the state never changes what an in-flight request sees.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -25,14 +26,25 @@ logger = logging.getLogger("recall.serving")
 
 
 class ResultCache:
-    """A bounded, time-limited LRU of results for frequent users; thread-safe; counts hits."""
+    """A bounded, time-limited LRU of results for frequent users; thread-safe; counts hits. Keys are
+    tuples whose second element is the user: :meth:`drop_users` forgets a user's results (their
+    features changed)."""
 
     def __init__(self, max_entries: int = 10_000, ttl_s: float = 60.0):
         self.max_entries, self.ttl_s = max_entries, ttl_s
         self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._by_user: dict[str, set[Any]] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    def _forget(self, key: Any) -> None:
+        del self._data[key]
+        keys = self._by_user.get(key[1])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_user[key[1]]
 
     def get(self, key: Any) -> Any | None:
         now = time.monotonic()
@@ -40,7 +52,7 @@ class ResultCache:
             entry = self._data.get(key)
             if entry is None or now - entry[0] > self.ttl_s:
                 if entry is not None:
-                    del self._data[key]
+                    self._forget(key)
                 self.misses += 1
                 return None
             self._data.move_to_end(key)
@@ -53,8 +65,20 @@ class ResultCache:
         with self._lock:
             self._data[key] = (time.monotonic(), value)
             self._data.move_to_end(key)
+            self._by_user.setdefault(key[1], set()).add(key)
             while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+                self._forget(next(iter(self._data)))
+
+    def drop_users(self, users: list[str] | None) -> None:
+        """Forgets these users' results; ``None``: everyone's."""
+        with self._lock:
+            if users is None:
+                self._data.clear()
+                self._by_user.clear()
+                return
+            for u in users:
+                for key in self._by_user.pop(u, ()):
+                    self._data.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -63,6 +87,54 @@ class ResultCache:
     def hit_rate(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
+
+
+class PushJournal:
+    """The users whose online features were pushed, one per line, appended by whichever worker pushed.
+    Before answering from its cache each worker reads what was appended since it last looked (one
+    ``stat`` when nothing was) and drops those users' cached results, so a pushed click changes the next
+    answer in every worker. A rotated (replaced) journal makes the reader drop everything."""
+
+    MAX_BYTES = 4 << 20
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        st = self._stat()
+        self._ino, self._offset = (st.st_ino, st.st_size) if st else (None, 0)
+
+    def _stat(self) -> os.stat_result | None:
+        try:
+            return self.path.stat()
+        except FileNotFoundError:
+            return None
+
+    def record(self, users: list[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        st = self._stat()
+        if st is not None and st.st_size > self.MAX_BYTES:
+            os.replace(self.path, self.path.with_name(self.path.name + ".old"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, "".join(f"{u}\n" for u in users).encode())  # one append: never interleaved
+        finally:
+            os.close(fd)
+
+    def changed(self) -> list[str] | None:
+        """The users pushed since the last call; ``None`` when the journal was replaced (drop all)."""
+        st = self._stat()
+        if st is None or (st.st_ino == self._ino and st.st_size == self._offset):
+            return []
+        with self._lock:
+            rotated = self._ino is not None and st.st_ino != self._ino  # (a first journal is read whole)
+            if st.st_ino != self._ino:
+                self._ino, self._offset = st.st_ino, 0
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read(max(0, st.st_size - self._offset))
+            end = chunk.rfind(b"\n") + 1  # whole lines only; a line being written is read next time
+            self._offset += end
+            return None if rotated else chunk[:end].decode().split()
 
 
 @dataclass

@@ -84,6 +84,7 @@ def test_every_dag_imports_cleanly_with_tags_docs_and_retries(airflow_env):
 
     training = info["dags"]["recall_training"]
     assert FEATURES_URI in training["schedule"]  # scheduled by the features Asset, not by time
+    assert FEATURES_URI in info["dags"]["recall_item_refresh"]["schedule"]  # so is item refresh
     assert {t: v["down"] for t, v in training["tasks"].items()} == TRAINING_GRAPH
 
 
@@ -241,6 +242,17 @@ def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_th
     assert _tree(out / "registry") == before  # nothing exported, registered or promoted
     verdict = json.loads((out / "runs" / "floor" / "gate.json").read_text())
     assert not verdict["passed"] and not (out / "runs" / "floor" / "package").exists()
+
+
+def test_item_refresh_dag_says_an_id_only_model_waits_for_training(airflow_env, features_run):
+    out, overrides, _, _ = features_run
+    (out / "routing.yaml").write_text("default: recall-sasrec:v1\n")
+    before = (out / "routing.yaml").read_text(), _tree(out / "registry")
+    conf = {"overrides": overrides, "audit_log": str(out / "audit.jsonl")}
+    run = dags_test("recall_item_refresh", conf, airflow_env, timeout_s=600)
+    assert run.ok, run.output[-4000:]
+    assert "recall-sasrec:v1: waits for training" in run.output and "reads only item ids" in run.output
+    assert ((out / "routing.yaml").read_text(), _tree(out / "registry")) == before  # nothing registered or swapped
 
 
 def test_bad_data_stops_the_features_dag_at_validation(airflow_env, tmp_path):

@@ -19,6 +19,7 @@ from components.features import (
     apply,
     materialize,
     online_features,
+    push_events,
     training_examples,
     training_set,
 )
@@ -156,6 +157,44 @@ def test_online_features_equal_the_latest_offline_values(fs, feature_dir, synthe
     assert len(got["hour_of_day"]) == len(users) + 1
 
 
+def test_the_seen_set_holds_every_item_a_user_ever_interacted_with(fs, synthetic):
+    inter = synthetic.interactions
+    users = [1, 7, 33]
+    got = fs.get_online_features(["user_seen:seen_item_ids"], [{"user_id": u} for u in users]).to_dict()
+    for u, seen in zip(users, got["seen_item_ids"], strict=True):
+        mine = inter[inter.user_id == u].sort_values("event_timestamp", kind="stable")
+        assert seen == list(dict.fromkeys(mine.item_id.tolist()))  # distinct, first interaction first
+        assert len(seen) > L  # more than the history holds: items seen long ago are in it
+
+
+def _push_and_check(store, root, users):
+    refs = ["user_behaviour:hist_item_ids", "user_behaviour:hist_timestamps", "user_seen:seen_item_ids"]
+    before = store.get_online_features(refs, [{"user_id": u} for u in users]).to_dict()
+    t = pd.Timestamp("2031-01-01", tz="UTC")  # later than every stored event
+    events = pd.DataFrame(
+        {"user_id": [users[0], users[1], users[0]], "item_id": [999_001, 999_002, before["seen_item_ids"][0][0]],
+         "event_timestamp": [t, t + pd.Timedelta(seconds=5), t + pd.Timedelta(seconds=9)]}
+    )  # fmt: skip
+    assert push_events(store, root, events, L) == {"users": 2, "events": 3}
+    after = store.get_online_features(refs, [{"user_id": u} for u in users]).to_dict()
+    h0, h1 = before["hist_item_ids"][0], before["hist_item_ids"][1]
+    assert after["hist_item_ids"][0] == (h0 + [999_001, before["seen_item_ids"][0][0]])[-L:]
+    assert after["hist_item_ids"][1] == (h1 + [999_002])[-L:]
+    assert after["hist_timestamps"][0][-1] == int(t.timestamp()) + 9
+    assert after["seen_item_ids"][0] == before["seen_item_ids"][0] + [999_001]  # a re-seen item is not repeated
+    assert after["seen_item_ids"][1] == before["seen_item_ids"][1] + [999_002]
+    assert after["hist_item_ids"][2] == before["hist_item_ids"][2]  # nobody else changes
+
+
+def test_pushed_events_reach_the_online_history_and_seen_set(synthetic, tmp_path):
+    d = tmp_path / "push"
+    ingest(synthetic, d, L)
+    cfg = StoreConfig(str(d))
+    store = apply(cfg)
+    materialize(store, cfg)
+    _push_and_check(store, d, [4, 9, 12])
+
+
 def test_materialize_is_incremental(synthetic, tmp_path):
     inter = synthetic.interactions
     cut = inter.event_timestamp.quantile(0.7)
@@ -212,6 +251,7 @@ def test_redis_online_store_serves_the_same_features(redis_server, synthetic, fs
 
     host, port = redis_server.split(":")
     assert redis.Redis(host=host, port=int(port)).dbsize() > 0  # the values really live in Redis
+    _push_and_check(store, d, [4, 9, 12])  # pushes go through Redis the same way
 
 
 def test_cli_features_run_publishes_a_snapshot_and_says_when_nothing_is_new(tmp_path):

@@ -35,6 +35,7 @@ SMALL = [
     f"train.max_len={L}",
 ]
 TOKEN = "test-token"
+INGEST = {"Authorization": "Bearer ingest-token"}
 
 
 def _routing(path, doc):
@@ -66,7 +67,9 @@ def world(tmp_path_factory):
     run_pipeline(cfg, ("ingest", "validate", "apply", "materialize"))
     run(cfg)
     run(load_config(None, [*SMALL, "model=mind", f"out_dir={d / 'mind'}"]))
+    run(load_config(None, [*SMALL, "model=dssm", "train.epochs=1", f"out_dir={d / 'dssm'}"]))
     reg = Registry(d / "registry")
+    register_run(d / "dssm", reg, to_bentoml=False)  # an item tower that reads attributes: refreshable
     register_run(d / "sasrec", reg, to_bentoml=False)  # v1
     shutil.copytree(d / "sasrec", d / "sasrec-copy")  # (a registration is keyed by its run directory)
     register_run(d / "sasrec-copy", reg, to_bentoml=False)  # v2: same weights, another tag
@@ -89,6 +92,7 @@ def server(world):
         "RECALL_FEATURE_DIR": str(world["features"]),
         "RECALL_RESPONSE_LOG": str(world["dir"] / "log" / "responses.jsonl"),
         "RECALL_ADMIN_TOKEN": TOKEN,
+        "RECALL_INGEST_TOKEN": "ingest-token",
         "RECALL_WATCH_INTERVAL_S": "0.5",
         "RECALL_WORKERS": "2",  # two processes: reloads must reach both
     }
@@ -166,6 +170,63 @@ def test_seen_items_are_excluded_by_default(server, world):
         history = {str(enc.item_ids[i]) for i in enc.data.items[max(lo, hi - L) : hi].tolist()}
         got = {x["item_id"] for x in _recall(server, u, k=50)["items"]}
         assert len(got) == 50 and not got & history
+
+
+def _push(url, events):
+    r = requests.post(f"{url}/events", json={"events": events}, headers=INGEST, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _items(url, user, k, **kw):
+    """The answer over a fresh connection each time (so both workers answer, with their caches)."""
+    return [x["item_id"] for x in _recall(url, user, k=k, **kw)["items"]]
+
+
+def test_a_pushed_click_changes_the_next_answer_in_every_worker(server, world):
+    from components.features import StoreConfig, store
+
+    user = 280
+    before = [_items(server, user, 10) for _ in range(8)]  # both workers now hold it in their caches
+    assert all(b == before[0] for b in before)
+    clicked = before[0][0]
+    assert _push(server, [{"user_id": str(user), "item_id": clicked}]) == {"users": 1, "events": 1}
+    after = [_items(server, user, 10) for _ in range(8)]
+    assert all(a == after[0] for a in after) and clicked not in after[0] and after[0] != before[0]
+    fs = store(StoreConfig(str(world["features"])))
+    hist = fs.get_online_features(["user_behaviour:hist_item_ids"], [{"user_id": user}]).to_dict()
+    assert hist["hist_item_ids"][0][-1] == int(clicked)  # the history moved: the click is its newest item
+
+
+def test_an_item_seen_200_events_ago_is_never_returned(server, world):
+    user, n_items = 290, 200
+    everything = _items(server, user, n_items, exclude_seen=False)
+    target = next(i for i in everything if i not in _items(server, user, 10, exclude_seen=False))
+    assert target in _items(server, user, n_items)  # not seen yet
+    others = [i for i in everything if i != target][:5]
+    t0 = time.time() - 1000
+    clicks = [{"user_id": str(user), "item_id": target, "timestamp": t0}]
+    clicks += [{"user_id": str(user), "item_id": others[n % 5], "timestamp": t0 + 1 + n} for n in range(200)]
+    assert _push(server, clicks)["events"] == 201
+    for _ in range(6):  # far beyond the history of L items, still excluded, by every worker
+        served = _items(server, user, n_items)
+        assert target not in served and not set(others) & set(served)
+    assert target in _items(server, user, n_items, exclude_seen=False)
+
+
+@pytest.mark.parametrize(
+    "events,headers,status,fragment",
+    [
+        ([{"user_id": "1", "item_id": "2"}], {}, 401, "bearer token"),
+        ([{"user_id": "1_000", "item_id": "2"}], INGEST, 400, "should match pattern"),
+        ([{"user_id": "1", "item_id": "x"}], INGEST, 400, "should match pattern"),
+        ([{"user_id": "1", "item_id": "2", "timestamp": 4e9}], INGEST, 400, "in the future"),
+        ([], INGEST, 400, "at least 1"),
+    ],
+)
+def test_bad_event_pushes_get_a_4xx_that_says_what_is_wrong(server, events, headers, status, fragment):
+    r = requests.post(f"{server}/events", json={"events": events}, headers=headers, timeout=10)
+    assert r.status_code == status and fragment in r.text, (r.status_code, r.text)
 
 
 def test_unknown_users_get_the_popularity_fallback(server, world):
@@ -249,48 +310,91 @@ def test_admin_reload_needs_the_token_and_rejects_a_bad_file(server, world):
         _restore(server, world)
 
 
-def test_hot_reload_under_load_drops_nothing(server, world):
-    stop = threading.Event()
-    seen_models: list[str] = []
-    failures: list[str] = []
+class Load:
+    """Threads sending /recall for users 1..250 until stopped, recording each answer's model or failure."""
 
-    def load():
+    def __init__(self, url, threads=4, limit=5000):
+        self.stop = threading.Event()
+        self.models: list[str] = []
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(url, limit)) for _ in range(threads)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self, url, limit):
         i = 0
-        while not stop.is_set() and i < 5000:
+        while not self.stop.is_set() and i < limit:
             i += 1
             try:
-                r = requests.post(f"{server}/recall", json={"user_id": str(1 + i % 250), "k": 10}, timeout=10)
+                r = requests.post(f"{url}/recall", json={"user_id": str(1 + i % 250), "k": 10}, timeout=10)
                 if r.status_code != 200:
-                    failures.append(f"{r.status_code} {r.text[:200]}")
+                    self.failures.append(f"{r.status_code} {r.text[:200]}")
                 else:
-                    seen_models.append(r.json()["model"])
+                    self.models.append(r.json()["model"])
             except requests.RequestException as e:
-                failures.append(repr(e))
+                self.failures.append(repr(e))
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
+    def settled_on(self, target, timeout=30.0):
+        """Waits until 40 answers in a row come from ``target``; returns where that streak starts."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and not (len(self.models) > 40 and set(self.models[-40:]) == {target}):
+            time.sleep(0.05)
+        return len(self.models) - 40
+
+    def end(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def test_hot_reload_under_load_drops_nothing(server, world):
+    load = Load(server)
     try:
         time.sleep(1.0)
         for target in ("recall-sasrec:v2", "recall-mind:v1"):  # two routing changes
             _routing(world["routing"], {"default": target, "experiments": []})
             # Every worker process picks the change up (each watches the file); once 40 responses in a
             # row come from the new version, no later response may come from an old one.
-            deadline = time.time() + 30
-            while time.time() < deadline and not (len(seen_models) > 40 and set(seen_models[-40:]) == {target}):
-                time.sleep(0.05)
-            start = len(seen_models) - 40
+            start = load.settled_on(target)
             time.sleep(1.0)
-            assert set(seen_models[start:]) == {target}, (target, seen_models[start:][:20])
+            assert set(load.models[start:]) == {target}, (target, load.models[start:][:20])
     finally:
-        stop.set()
-        for t in threads:
-            t.join(30)
+        load.end()
         _restore(server, world)
-    assert failures == [], failures[:5]
-    assert len(seen_models) > 50
+    assert load.failures == [], load.failures[:5]
+    assert len(load.models) > 50
     status = requests.get(f"{server}/status", timeout=5).json()
     assert json.dumps(status["routing"])  # the service reports what it serves
+
+
+def test_items_added_by_refresh_are_served_after_one_reload_with_no_failed_request(server, world):
+    import pandas as pd
+
+    from components import snapshots as sn
+    from components.promote import swap
+    from components.refresh import refresh
+
+    reg, routing = world["registry"], world["routing"]
+    v1 = reg.get("recall-dssm:v1")
+    _routing(routing, {"default": v1.tag, "experiments": []})
+    assert _eventually(lambda: all(_recall(server, u, k=1)["model"] == v1.tag for u in range(1, 9)))
+    n = len(v1.item_ids)
+    assert not {"50001", "50002"} & set(_items(server, 5, n + 2, exclude_seen=False))
+    catalogue = pd.read_parquet(Path(sn.latest(world["features"])["dir"]) / "items.parquet")
+    new = catalogue.head(2).assign(item_id=[50_001, 50_002])  # two new items with known attributes
+    load = Load(server, threads=3, limit=10**9)
+    try:
+        v2, record = refresh(v1, pd.concat([catalogue, new], ignore_index=True), reg)
+        assert record["added"] == 2 and v2.tag == "recall-dssm:v2"
+        swap(routing, v1.tag, v2.tag, world["dir"] / "audit-refresh.jsonl")
+        start = load.settled_on(v2.tag)
+        assert start > 0 and set(load.models[start:]) == {v2.tag}
+        for _ in range(4):  # every worker serves the new items
+            assert {"50001", "50002"} <= set(_items(server, 5, n + 2, exclude_seen=False))
+    finally:
+        load.end()
+        _restore(server, world)
+    assert load.failures == [] and v1.tag in load.models, load.failures[:5]
 
 
 def test_the_served_split_of_10000_users_matches_the_weights_and_is_sticky(server):

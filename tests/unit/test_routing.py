@@ -7,7 +7,7 @@ import pytest
 from components import routing as rt
 from components.ab import read_response_log as read
 from serving.logsink import ResponseLog
-from serving.state import ResultCache
+from serving.state import PushJournal, ResultCache
 
 AB = {
     "default": "recall-sasrec:v3",
@@ -103,14 +103,47 @@ def test_load_reports_missing_and_invalid_files(tmp_path):
 
 def test_result_cache_is_bounded_expires_and_counts_hits():
     c = ResultCache(max_entries=2, ttl_s=0.2)
-    c.put("a", 1)
-    c.put("b", 2)
-    assert c.get("a") == 1  # a is now the most recent
-    c.put("c", 3)  # evicts b, the least recently used
-    assert c.get("b") is None and c.get("c") == 3 and len(c) == 2
+    a, b, cc = ("m", "1", 10), ("m", "2", 10), ("m", "3", 10)
+    c.put(a, 1)
+    c.put(b, 2)
+    assert c.get(a) == 1  # a is now the most recent
+    c.put(cc, 3)  # evicts b, the least recently used
+    assert c.get(b) is None and c.get(cc) == 3 and len(c) == 2
     assert c.hit_rate == pytest.approx(2 / 3)
     time.sleep(0.25)
-    assert c.get("a") is None  # expired
+    assert c.get(a) is None  # expired
+
+
+def test_result_cache_forgets_the_users_whose_features_changed():
+    c = ResultCache(max_entries=10, ttl_s=60)
+    for key in [("m1", "1", 10), ("m2", "1", 5), ("m1", "2", 10)]:
+        c.put(key, key)
+    c.drop_users(["1", "99"])
+    assert c.get(("m1", "1", 10)) is None and c.get(("m2", "1", 5)) is None and c.get(("m1", "2", 10))
+    c.drop_users(None)
+    assert len(c) == 0
+
+
+def test_the_push_journal_tells_every_reader_which_users_changed(tmp_path):
+    path = tmp_path / "pushes.log"
+    reader, writer = PushJournal(path), PushJournal(path)  # two workers
+    assert reader.changed() == []
+    writer.record(["7", "8"])
+    assert reader.changed() == ["7", "8"] and reader.changed() == []
+    with open(path, "a") as f:
+        f.write("9")  # a line still being written is read once complete
+    assert reader.changed() == []
+    with open(path, "a") as f:
+        f.write("\n")
+    assert reader.changed() == ["9"]
+    PushJournal.MAX_BYTES, before = 4, PushJournal.MAX_BYTES
+    try:
+        writer.record(["10"])  # the journal is over its size: replaced by a new one
+    finally:
+        PushJournal.MAX_BYTES = before
+    assert reader.changed() is None  # rotated: whatever it missed, the reader drops everything
+    writer.record(["11"])
+    assert reader.changed() == ["11"]
 
 
 def test_response_log_rotates_and_reads_back_in_order(tmp_path):
