@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from feature_repo.context import CONTEXT, context_values
 from models.data import SequenceData
 from models.schema import Schema
 
@@ -329,12 +330,15 @@ def encode(tables: Tables, max_len: int = 50, max_genres: int = MAX_GENRES) -> E
         genres[row, max_genres - len(ids) :] = ids
     item_table["genres"], vocabs["genres"] = torch.from_numpy(genres), genre_vocab
 
+    # The context of each event's moment, as Feast's on-demand view computes it for a request at that time.
+    ctx = context_values(pd.Series(pd.to_datetime(ts, unit="s", utc=True)))
     data = SequenceData(
         indptr=torch.from_numpy(indptr),
         items=torch.from_numpy(iidx.astype(np.int64)),
         times=torch.from_numpy(ts.astype(np.float64)),
         user_table=user_table,
         item_table=item_table,
+        event_table={n: torch.from_numpy(ctx[n].to_numpy(dtype=np.uint8) + 1) for n in CONTEXT},  # 1 byte/event
     )
     schema = Schema(
         n_users=U,
@@ -343,5 +347,6 @@ def encode(tables: Tables, max_len: int = 50, max_genres: int = MAX_GENRES) -> E
         item_sparse={"decade": len(vocabs["decade"]) + 1},
         item_multi={"genres": len(genre_vocab) + 1},
         max_len=max_len,
+        context={n: size + 1 for n, size in CONTEXT.items()},
     )
     return Encoded(data, schema, np.concatenate([[-1], user_ids]), np.concatenate([[-1], item_ids]), vocabs)

@@ -24,6 +24,7 @@ from torch import nn
 from models.base import Batch, RecallModel
 from models.data import SequenceData, build_batch, item_batch
 from models.features import DenseFeature, SequenceFeature
+from models.schema import CONTEXT_FEATURES
 
 from .datasets import Encoded
 
@@ -37,6 +38,7 @@ FEAST_SOURCES = {
     "user_id": "entity:user_id",
     "hist_item_ids": "user_behaviour:hist_item_ids",
     "hist_age": "user_behaviour:hist_timestamps (days before the request time)",
+    **{n: f"context:{n} (of the request time)" for n in CONTEXT_FEATURES},
 }
 
 

@@ -171,10 +171,11 @@ def training_set(fs, examples: pd.DataFrame, service: str | None = None, feature
 
 
 def history_parity(tables: Any, examples: pd.DataFrame, feast: pd.DataFrame, max_len: int) -> dict[str, Any]:
-    """Train/serve parity of histories: for every training target, the raw item ids the trainer feeds as
-    its history (the user's events before it in the encoded order, the last ``max_len``) against the
-    ``hist_item_ids`` Feast's point-in-time join returned. Also counts the targets with a same-second
-    predecessor (where the tie rule matters)."""
+    """Train/serve parity: for every training target, the raw item ids the trainer feeds as its history
+    (the user's events before it in the encoded order, the last ``max_len``) against the
+    ``hist_item_ids`` Feast's point-in-time join returned, and — where the join has them — the context
+    the trainer gives the target (its moment's hour, weekday, …) against Feast's on-demand ``context``
+    view. Also counts the targets with a same-second predecessor (where the tie rule matters)."""
     from .datasets import encode
 
     enc = encode(tables, max_len=max_len)
@@ -191,9 +192,19 @@ def history_parity(tables: Any, examples: pd.DataFrame, feast: pd.DataFrame, max
         if list(got) != expected:
             mismatches += 1
             first = first or {"example": i, "feast": list(got), "trainer": expected}
+    context: dict[str, int] = {}
+    for name, values in data.event_table.items():
+        if name in feast:
+            trainer = values.numpy()[start + pos].astype(np.int64) - 1
+            wrong = np.flatnonzero(trainer != feast[name].to_numpy(dtype=np.int64))
+            context[name] = len(wrong)
+            if len(wrong) and first is None:
+                first = {"example": int(wrong[0]), "feature": name, "feast": int(feast[name].iloc[wrong[0]]),
+                         "trainer": int(trainer[wrong[0]])}  # fmt: skip
     sec = examples.target_timestamp.dt.floor("s")
     ties = int((sec.groupby(examples.user_id).diff() == pd.Timedelta(0)).sum())
-    return {"targets": len(examples), "mismatches": mismatches, "first": first, "same_second_predecessors": ties}
+    return {"targets": len(examples), "mismatches": mismatches, "context_mismatches": context, "first": first,
+            "same_second_predecessors": ties}  # fmt: skip
 
 
 def online_features(fs, user_ids: list[int], service: str | None = None, request_time: dt.datetime | None = None):

@@ -118,7 +118,8 @@ def training_set(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = Non
     """The first training step: pins the feature snapshot, stops with :class:`NothingNew` when this model
     was already trained on that data with the same settings (unless ``force``), then builds Feast's
     point-in-time training set for every target and checks train/serve parity: each target's Feast
-    history must equal the trainer's (components.features.history_parity); a difference fails the run."""
+    history and context must equal the trainer's (components.features.history_parity); a difference
+    fails the run."""
     import time
 
     from feature_repo.definitions import service_for
@@ -143,9 +144,10 @@ def training_set(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = Non
     summary = {"snapshot": snap["id"], "rows": len(df), "parity": parity,
                "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     _write(run_dir, "training_set.json", summary)
-    if parity["mismatches"]:
-        raise ValueError(f"train/serve skew on snapshot {snap['id']}: {parity['mismatches']} of {parity['targets']} "
-                         "training targets see another history in Feast than in training, "
+    if parity["mismatches"] or any(parity["context_mismatches"].values()):
+        raise ValueError(f"train/serve skew on snapshot {snap['id']}: of {parity['targets']} training targets, "
+                         f"{parity['mismatches']} see another history in Feast than in training and "
+                         f"{parity['context_mismatches']} another context, "
                          f"e.g. {parity['first']}")  # fmt: skip
     return summary
 

@@ -88,7 +88,9 @@ def _parity_html(ts: dict[str, Any] | None) -> str:
     word = '<span class="pass">identical</span>' if not p["mismatches"] else '<span class="fail">DIFFERENT</span>'
     return (f"<p>Feature snapshot {html.escape(ts['snapshot'])}: {ok:,} of {p['targets']:,} training targets have "
             f"{word} histories in Feast's point-in-time training set and in training "
-            f"({p['same_second_predecessors']:,} follow an event of the same second).</p>")  # fmt: skip
+            f"({p['same_second_predecessors']:,} follow an event of the same second)"
+            + "".join(f"; {n}: {p['targets'] - bad:,} identical" for n, bad in p.get("context_mismatches", {}).items())
+            + ".</p>")  # fmt: skip
 
 
 def _slices_html(ev: dict[str, Any], part: str) -> str:

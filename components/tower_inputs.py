@@ -2,7 +2,8 @@
 
 Item and user ids go through ``vocab/*.npy``, categorical profile values through ``vocab/<name>.json``
 (unknown → 0), histories are left-padded to the spec's length, ``hist_age`` is days between each history
-event and the request time. Serving uses this for every request; the gate uses it to score the
+event and the request time, context inputs (hour, weekday, …) are the request time's, computed by the
+function behind Feast's on-demand ``context`` view. Serving uses this for every request; the gate uses it to score the
 production version offline on a candidate's evaluation events, exactly as serving would; item refresh
 uses :meth:`TowerInputs.encode_items` to place catalogue rows with the version's own item tower.
 """
@@ -13,6 +14,8 @@ import json
 
 import numpy as np
 import pandas as pd
+
+from feature_repo.context import CONTEXT, context_values
 
 from .datasets import MAX_GENRES, decades
 from .registry import ModelVersion
@@ -38,7 +41,7 @@ class TowerInputs:
         refs = ["user_behaviour:hist_item_ids"]
         for spec in self.spec["user_inputs"]:
             src = spec["source"].split(" ")[0]
-            if src.startswith("entity:"):
+            if src.startswith(("entity:", "context:")):  # the id itself; computed from the request time
                 continue
             if spec["name"] == "hist_age":
                 refs.append("user_behaviour:hist_timestamps")
@@ -60,6 +63,7 @@ class TowerInputs:
         hist_raw = [list(h or []) for h in feats["hist_item_ids"]]
         now = np.broadcast_to(np.asarray(now_s, dtype=np.float64), (len(users),))
         out: dict[str, np.ndarray] = {}
+        moment = pd.DataFrame()
         for spec in self.spec["user_inputs"]:
             name = spec["name"]
             if name == "hist_item_ids":
@@ -71,6 +75,10 @@ class TowerInputs:
                 )
             elif name == "user_id":
                 out[name] = np.array([self.user_index.get(int(u), 0) for u in users], dtype=np.int64)
+            elif name in CONTEXT:
+                if name not in moment:
+                    moment = context_values(pd.Series(pd.to_datetime(now, unit="s", utc=True)))
+                out[name] = moment[name].to_numpy(dtype=np.int64) + 1
             else:
                 vocab = self.vocabs.get(name, {})
                 out[name] = np.array([vocab.get(str(v), 0) for v in feats[name]], dtype=np.int64)

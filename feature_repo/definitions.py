@@ -52,15 +52,9 @@ request = RequestSource(name="request", schema=[Field(name="request_time", dtype
     description="context features of the moment of the request",
 )
 def context(inputs: pd.DataFrame) -> pd.DataFrame:
-    t = pd.to_datetime(inputs["request_time"], utc=True)
-    return pd.DataFrame(
-        {
-            "hour_of_day": t.dt.hour.astype("int64"),
-            "day_of_week": t.dt.dayofweek.astype("int64"),
-            "is_weekend": (t.dt.dayofweek >= 5).astype("int64"),
-            "month": t.dt.month.astype("int64"),
-        }
-    )
+    from feature_repo.context import context_values  # (imported here: Feast serialises this function)
+
+    return context_values(inputs["request_time"])
 
 
 def _columns(path: Path) -> set[str]:

@@ -24,6 +24,9 @@ class SequenceData:
     user_table: dict[str, torch.Tensor]  # name → (U, ...) per-user features; "user_id" = arange
     item_table: dict[str, torch.Tensor]  # name → (N, ...) per-item features; "item_id" = arange
     vocab_sizes: dict[str, int] = field(default_factory=dict)
+    # name → (E,) per-event features, small ints of any dtype: the context of each event's moment
+    # (value + 1; 0 = padding); batches get them as int64
+    event_table: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -102,9 +105,11 @@ def build_batch(
     """Features for predicting each user's event at ``pos`` from the events before it.
 
     Keys: every user-table feature, ``hist_item_ids`` (B, L) and ``hist_age`` (B, L, days before the
-    prediction time), ``target`` (B,) item, and for causal models ``target_seq`` (B, L): the item that
-    follows each history slot (0 where the slot is padding, or among the first ``context`` slots, which
-    only serve as history for the later ones: see :func:`training_examples`).
+    prediction time), ``target`` (B,) item, every event-table feature (B,) of the prediction's moment
+    (the target event's; with no target, the newest event's), and for causal models ``target_seq``
+    (B, L): the item that follows each history slot (0 where the slot is padding, or among the first
+    ``context`` slots, which only serve as history for the later ones: see :func:`training_examples`),
+    with each event-table feature of that next event as ``<name>_seq`` (B, L).
     """
     ev, valid = history(data, users, pos, max_len)
     lengths = data.lengths[users]
@@ -118,10 +123,14 @@ def build_batch(
     now = data.times[target_ev].unsqueeze(1)
     batch["hist_age"] = torch.where(valid, (now - data.times[ev]) / 86400.0, torch.zeros_like(now)).float()
     batch["target"] = torch.where(has_target, data.items[target_ev], torch.zeros_like(target_ev))
+    for name, t in data.event_table.items():
+        batch[name] = t[target_ev].long()
     if causal:
         nxt = torch.where(valid, ev + 1, torch.zeros_like(ev))
         is_target = valid & (torch.arange(max_len) >= context).unsqueeze(0)
         batch["target_seq"] = torch.where(is_target, data.items[nxt], torch.zeros_like(ev))
+        for name, t in data.event_table.items():
+            batch[f"{name}_seq"] = torch.where(is_target, t[nxt].long(), torch.zeros_like(ev))
     return batch
 
 

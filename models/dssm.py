@@ -41,9 +41,13 @@ class DSSM(RecallModel):
         self._remember(user_params=user_params, item_params=item_params, normalize=normalize)
 
     @classmethod
-    def from_schema(cls, schema: Schema, embed_dim: int = 64, user_id: bool = True, **params: Any) -> DSSM:
-        # user_id=False leaves only profile + history, for users unseen in training (cold start).
-        user = schema.user_profile(embed_dim, with_user_id=user_id) + [schema.history(embed_dim, "mean")]
+    def from_schema(
+        cls, schema: Schema, embed_dim: int = 64, user_id: bool = True, context: bool = False, **params: Any
+    ) -> DSSM:
+        # user_id=False leaves only profile + history, for users unseen in training (cold start);
+        # context=True adds the moment's context (hour, weekday, weekend, month) to the user tower.
+        user = schema.user_profile(embed_dim, with_user_id=user_id)
+        user += (schema.context_features(embed_dim) if context else []) + [schema.history(embed_dim, "mean")]
         item = [schema.item_id(embed_dim)] + schema.item_side(embed_dim)
         return cls(user, item, **params)
 

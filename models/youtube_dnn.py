@@ -2,7 +2,9 @@
 tower is the item-id embedding the history shares.
 
 ``pooling="mean"`` averages the last ``history_len`` watches; ``pooling="time_decay"`` weights each
-by ``exp(-rate · age_in_days)`` with a learned rate, so recent watches count more.
+by ``exp(-rate · age_in_days)`` with a learned rate, so recent watches count more. ``context=True``
+adds the moment's context (hour, weekday, weekend, month; in training each target's own) to the
+profile inputs of the MLP.
 
 Training is causal: a row holds a window of consecutive events, every slot after the first
 ``history_len`` predicts its next event, and the sliding-window pools of all slots come from one
@@ -22,7 +24,7 @@ from torch import nn
 from .base import Batch, RecallModel
 from .features import Feature, pooled_lookup
 from .layers import MLP
-from .schema import Schema
+from .schema import CONTEXT_FEATURES, Schema
 
 POOLINGS = ("mean", "time_decay")
 
@@ -48,7 +50,10 @@ class YoutubeDNN(RecallModel):
         self.hist = self.sequence_feature()
         self.item_dim = self.bank.table_for(self.hist.name).embedding_dim
         params = {"dims": [128, self.item_dim], "dropout": 0.0, "activation": "relu", **(user_params or {})}
-        self.other_user = [f.name for f in self.user_features if f.name != self.hist.name]
+        others = [f.name for f in self.user_features if f.name != self.hist.name]
+        # Per-row inputs first, then the moment's context, which differs per target in causal training.
+        self.context = [n for n in others if n in CONTEXT_FEATURES]
+        self.other_user = [n for n in others if n not in CONTEXT_FEATURES] + self.context
         self.user_mlp = MLP(self.bank.output_dim(self.other_user) + self.item_dim, **params)
         if self.user_mlp.output_dim != self.item_dim:
             raise ValueError(
@@ -73,10 +78,11 @@ class YoutubeDNN(RecallModel):
         return self.user_feature_names + (["hist_age"] if self.pooling == "time_decay" else [])
 
     @classmethod
-    def from_schema(cls, schema: Schema, embed_dim: int = 64, **params: Any) -> YoutubeDNN:
+    def from_schema(cls, schema: Schema, embed_dim: int = 64, context: bool = False, **params: Any) -> YoutubeDNN:
         # Half of each causal training window is history for the other half (see models.data).
         params.setdefault("history_len", max(1, schema.max_len // 2))
-        user = schema.user_profile(embed_dim) + [schema.history(embed_dim, None)]
+        user = schema.user_profile(embed_dim) + (schema.context_features(embed_dim) if context else [])
+        user += [schema.history(embed_dim, None)]
         return cls(user, [schema.item_id(embed_dim)], **params)
 
     def _weights(self, batch: Batch, ids: torch.Tensor) -> torch.Tensor | None:
@@ -129,14 +135,19 @@ class YoutubeDNN(RecallModel):
         rows = flat // (batch["target_seq"].size(1) - self.history_len)
         if not self.other_user:
             return self._query(pools, batch), tgt.index_select(0, flat)
-        # First layer split as W·[profile; pool] = W_p·profile + W_h·pool: the profile half runs once
-        # per row (B) instead of once per target (M), and the (M, p + d) concatenation disappears.
+        # First layer split as W·[profile; context; pool] = W_p·profile + W_c·context + W_h·pool: the
+        # profile part runs once per row (B) instead of once per target (M), the context part per target
+        # (each has its own moment), and the (M, p + c + d) concatenation disappears.
         first = self.user_mlp.net[0]
-        profile = self.bank.concat(batch, self.other_user)  # (B, p)
-        p = profile.size(1)
-        h = F.linear(pools, first.weight[:, p:], first.bias) + F.linear(profile, first.weight[:, :p]).index_select(
-            0, rows
-        )
+        static = self.other_user[: len(self.other_user) - len(self.context)]
+        p, c = self.bank.output_dim(static), self.bank.output_dim(self.context)
+        h = F.linear(pools, first.weight[:, p + c :], first.bias)
+        if static:
+            h = h + F.linear(self.bank.concat(batch, static), first.weight[:, :p]).index_select(0, rows)
+        if self.context:
+            P = self.history_len
+            per_target = {n: batch[f"{n}_seq"][:, P:].reshape(-1).index_select(0, flat) for n in self.context}
+            h = h + F.linear(self.bank.concat(per_target, self.context), first.weight[:, p : p + c])
         return self._out(self.user_mlp.net[1:](h)), tgt.index_select(0, flat)  # (M, d), (M,)
 
     def item_tower(self, batch: Batch) -> torch.Tensor:

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from components.datasets import load_ml100k
-from components.features import StoreConfig, apply, training_examples, training_set
+from components.features import BEHAVIOUR, StoreConfig, apply, training_examples, training_set
 from components.ingest import ingest
 from components.validate import ValidationConfig, validate
+from feature_repo.context import CONTEXT
 from tests.parity import assert_histories_match
 
 pytestmark = pytest.mark.data
@@ -35,8 +36,9 @@ def test_ml100k_training_set_one_row_per_example_without_leakage(ml_dir):
     fs = apply(StoreConfig(str(ml_dir)))
     examples = training_examples(pd.read_parquet(ml_dir / "interactions.parquet"))
     assert len(examples) == 100_000 - 2 * 943
-    df = training_set(fs, examples)
-    assert len(df) == len(examples) and df.example_id.is_unique
+    refs = [f"user_behaviour:{f}" for f in BEHAVIOUR] + [f"context:{n}" for n in CONTEXT]
+    df = training_set(fs, examples, features=refs)  # histories and the on-demand context
+    assert len(df) == len(examples) and df.example_id.is_unique and set(CONTEXT) <= set(df.columns)
     epoch = pd.Timestamp(0, tz="UTC")
     target = (df.target_timestamp - epoch).dt.total_seconds()
     newest = df.hist_timestamps.map(lambda h: max(h) if len(h) else -1)
@@ -44,6 +46,7 @@ def test_ml100k_training_set_one_row_per_example_without_leakage(ml_dir):
     # Every example after a user's first second has a history; 1997-98 data is inside the TTL.
     later = df.groupby("user_id").target_timestamp.transform("min") < df.target_timestamp
     assert (df.hist_len[later] > 0).all()
-    # Train/serve parity for every training target, same-second ties included (thousands in ML-100K).
+    # Train/serve parity of histories and context for every training target, same-second ties
+    # included (thousands in ML-100K).
     ties = assert_histories_match(load_ml100k(), examples, df, L)
     assert ties > 1000

@@ -15,7 +15,11 @@ from tests.ranking import assert_same_topk
 
 MAX_LEN = 20
 NAMES = sorted(MODELS)
-VARIANTS = [(n, {}) for n in NAMES] + [("youtube_dnn", {"pooling": "time_decay"})]
+VARIANTS = [(n, {}) for n in NAMES] + [
+    ("youtube_dnn", {"pooling": "time_decay"}),
+    ("youtube_dnn", {"context": True}),
+    ("dssm", {"context": True}),
+]
 
 
 def _export(name, params, enc, tmp_path):
@@ -26,7 +30,7 @@ def _export(name, params, enc, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name,params", VARIANTS, ids=[f"{n}{'-' + '-'.join(p.values()) if p else ''}" for n, p in VARIANTS]
+    "name,params", VARIANTS, ids=[n + "".join(f"-{k}={v}" for k, v in p.items()) for n, p in VARIANTS]
 )
 def test_onnx_towers_match_pytorch_at_batch_1_and_256(name, params, tiny, tmp_path):
     _, enc, _ = tiny
@@ -85,6 +89,38 @@ def test_feature_spec_names_every_input_with_source_dtype_and_vocab(tiny, tmp_pa
     assert by_name["gender"]["source"] == "user_profile:gender"
     assert json.loads((tmp_path / by_name["gender"]["vocab"]).read_text()) == enc.vocabs["gender"]
     assert np.array_equal(np.load(tmp_path / "vocab" / "item_id.npy"), enc.item_ids)
+
+
+@pytest.mark.parametrize("name", ["dssm", "youtube_dnn"])
+def test_served_context_inputs_and_vectors_equal_the_trainers(name, tiny, tmp_path):
+    """A request at an event's moment: raw features through the version's vocabularies and the context
+    computed from the request time (TowerInputs, as serving does) give the exported tower exactly the
+    inputs training gives the model for that event, and the same user vector."""
+    from components.registry import ModelVersion
+    from components.tower_inputs import TowerInputs
+
+    tables, enc, _ = tiny
+    model, _ = _export(name, {"context": True}, enc, tmp_path)
+    spec = json.loads((tmp_path / "feature_spec.json").read_text())
+    assert {i["name"]: i["source"] for i in spec["user_inputs"]}["hour_of_day"].startswith("context:hour_of_day")
+    data = enc.data
+    users = torch.arange(1, 25)
+    pos = data.lengths[users] - 1  # each user's last event is the one to predict
+    batch = build_batch(data, users, pos, MAX_LEN)
+    starts = data.indptr[users]
+    hist = [data.items[s + max(0, p - MAX_LEN) : s + p] for s, p in zip(starts, pos, strict=True)]
+    profile = tables.users.set_index("user_id")
+    raw_users = enc.user_ids[users.numpy()]
+    feats = {"hist_item_ids": [enc.item_ids[h.numpy()].tolist() for h in hist]}
+    feats |= {c: profile.loc[raw_users, c].tolist() for c in ("gender", "age_bucket", "occupation")}
+    now = data.times[starts + pos].numpy()  # the request comes at the event's moment
+    x = TowerInputs(ModelVersion(tmp_path, {}, spec)).encode(raw_users.tolist(), feats, now)
+    assert list(x) == model.user_inputs
+    for n in model.user_inputs:
+        assert np.array_equal(x[n], batch[n].numpy()), n
+    with torch.no_grad():
+        want = model.user_tower(batch).numpy()
+    assert np.abs(ex.run_tower(ex.session(tmp_path / "user_tower.onnx"), x) - want).max() <= 1e-4
 
 
 def test_parity_failure_is_an_error(tiny, tmp_path):

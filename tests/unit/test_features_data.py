@@ -138,3 +138,23 @@ def test_event_times_are_unix_seconds_whatever_the_datetime_unit():
         t = inter.assign(event_timestamp=ts.astype(f"datetime64[{unit}, UTC]"))
         times = encode(Tables(t, users, items)).data.times.tolist()
         assert times == [1_000_000_000.0, 1_000_086_400.0, 1_000_172_800.0], unit
+
+
+def test_context_of_a_moment_hand_worked_and_in_batches():
+    import pandas as pd
+
+    from components.datasets import Tables, encode
+    from feature_repo.context import CONTEXT, context_values
+    from models.schema import CONTEXT_FEATURES
+
+    assert tuple(CONTEXT) == CONTEXT_FEATURES  # the models know the same names Feast computes
+    t = pd.Series(pd.to_datetime(["2024-05-04 13:59:59", "2024-12-30 00:00:00"], utc=True))  # Sat, Mon
+    got = context_values(t).to_dict("list")
+    assert got == {"hour_of_day": [13, 0], "day_of_week": [5, 0], "is_weekend": [1, 0], "month": [5, 12]}
+    inter = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [10, 11, 12], "event_timestamp": list(t) + [t[1]]})
+    enc = encode(Tables(inter, pd.DataFrame({"user_id": [1]}), pd.DataFrame(
+        {"item_id": [10, 11, 12], "title": ["a", "b", "c"], "genres": [[], [], []], "year": [0, 0, 0]})))
+    assert enc.schema.context == {"hour_of_day": 25, "day_of_week": 8, "is_weekend": 3, "month": 14}
+    b = build_batch(enc.data, torch.tensor([1]), torch.tensor([1]), 5, causal=True)  # predict the 2nd event
+    assert (b["hour_of_day"].item(), b["day_of_week"].item(), b["month"].item()) == (1, 1, 13)  # its moment, + 1
+    assert b["is_weekend_seq"].tolist() == [[0, 0, 0, 0, 1]]  # the slot before it predicts the 2nd event

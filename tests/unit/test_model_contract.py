@@ -181,7 +181,10 @@ def test_early_stopping_uses_validation_and_saves_best(tiny, tmp_path):
     assert again["ndcg@10"] == pytest.approx(best, abs=1e-6)
 
 
-CAUSAL = [(n, {}) for n in NAMES if MODELS[n].causal] + [("youtube_dnn", {"pooling": "time_decay", "decay_rate": 0.5})]
+CAUSAL = [(n, {}) for n in NAMES if MODELS[n].causal] + [
+    ("youtube_dnn", {"pooling": "time_decay", "decay_rate": 0.5}),
+    ("youtube_dnn", {"context": True}),  # each target's own moment
+]
 
 
 @pytest.mark.parametrize("name,params", CAUSAL)
