@@ -451,9 +451,12 @@ def refresh(
     from .registry import VersionError
 
     reg = _registry(registry)
+    if version is None and remove:
+        console.print("[red]error:[/red] --remove withdraws items from one version: name it (e.g. recall-dssm:v2)")
+        raise typer.Exit(2)
     try:
         if version is None:
-            records = refresh_served(routing, reg, features_dir, audit_log)
+            records = refresh_served(routing, reg, features_dir, audit_log, swap)
         else:
             latest = sn.latest(features_dir)
             if latest is None:
@@ -468,9 +471,18 @@ def refresh(
         why = f" ({r['why']})" if "why" in r else ""
         console.print(f"{r['status']}: {r['version']} — {r['added']} new, {len(r['removed'])} withdrawn item(s){why}")
     if version is not None and swap and records[0]["version"] != records[0]["parent"]:
+        from . import routing as rt
+        from .registry import parse_ref
+
+        served = rt.load(routing).models() if routing.exists() else []
+        if parse_ref(records[0]["parent"]) not in [parse_ref(m) for m in served]:
+            console.print(f"{records[0]['parent']} is not served ({routing}): nothing to swap")
+            return
         with _refusals():
             do_swap(routing, records[0]["parent"], records[0]["version"], audit_log, reason)
         console.print(f"serving {records[0]['version']} in place of {records[0]['parent']} → {routing}")
+    if any(r["status"] == "failed" for r in records):
+        raise typer.Exit(1)
 
 
 def _print_gate(verdict: dict) -> None:

@@ -220,20 +220,27 @@ def online_features(fs, user_ids: list[int], service: str | None = None, request
 
 
 PUSH_SOURCES = ("user_behaviour_push", "user_seen_push")
+PUSH_LOCK = ".push.lock"  # held by every push and by materialize: a push never interleaves with a load
 
 
-def push_events(fs, root: str | Path, events: pd.DataFrame, max_len: int) -> dict[str, int]:
+def push_events(
+    fs, root: str | Path, events: pd.DataFrame, max_len: int, on_pushed: Any = None
+) -> dict[str, int]:
     """New interactions → the online store at once, through the behaviour and seen-set push sources.
 
     ``events`` has ``user_id``, ``item_id`` and ``event_timestamp``. Each user's online history (the last
-    ``max_len`` items with their times) and seen set are read, the events merged in time order (one in
-    the same second as a stored one comes after it: the batch's tie rule) and both rows pushed at the
-    time of the user's latest event, so the next request for that user sees them. Read, merge and write
-    hold the store's push lock: concurrent pushes (several serving workers) never lose a click.
+    ``max_len`` items with their times, in seconds) and seen set are read, the events merged in time
+    order (one in the same second as a stored one comes after it) and both rows pushed, so the next
+    request for that user sees them. Read, merge, write and ``on_pushed(users)`` (serving's cache
+    invalidation) hold the store's push lock: concurrent pushes (several serving workers) and the
+    daily materialize (which takes the same lock) never lose a click.
 
-    The daily features run ingests the same events from the source of record; its materialize writes
-    the same histories. (With Redis an older batch row never replaces a newer pushed one; SQLite writes
-    unconditionally, so a materialize that ends before a pushed click undoes it until the next run.)
+    A row is stamped with the user's latest event, or just after the stored row when that is not later
+    (Feast's Redis store ignores a write not newer than what it holds, and its timestamps read back in
+    whole seconds): a late or same-second click is never dropped. The daily features run ingests the
+    same events from the source of record; its materialize writes the same histories. (Redis never
+    replaces a newer pushed row with an older batch one; SQLite writes unconditionally, so a
+    materialize whose interval ends before a pushed click undoes it until the next run.)
     """
     from .registry import file_lock
 
@@ -245,20 +252,24 @@ def push_events(fs, root: str | Path, events: pd.DataFrame, max_len: int) -> dic
     users = ev.user_id.astype("int64").unique().tolist()
     refs = ["user_behaviour:hist_item_ids", "user_behaviour:hist_timestamps", "user_seen:seen_item_ids"]
     beh, seen = [], []
-    with file_lock(Path(root) / ".push.lock"):
-        cur = fs.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users]).to_dict()
+    with file_lock(Path(root) / PUSH_LOCK):
+        cur = fs.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in users])
+        cur = cur.to_dict(include_event_timestamps=True)
         for j, (u, g) in enumerate(ev.groupby("user_id", sort=False)):
             items = list(cur["hist_item_ids"][j] or []) + g.item_id.astype("int64").tolist()
             secs = list(cur["hist_timestamps"][j] or []) + (g.t.astype("int64") // 1_000_000).tolist()
             order = sorted(range(len(items)), key=lambda i: secs[i])[-max_len:]  # stable: stored first on ties
             known = list(cur["seen_item_ids"][j] or [])
             new = [i for i in dict.fromkeys(g.item_id.astype("int64").tolist()) if i not in set(known)]
-            t = g.t.max()
+            stored = max(cur["hist_item_ids__ts"][j] or 0, cur["seen_item_ids__ts"][j] or 0)  # seconds
+            t = max(g.t.max(), pd.Timestamp(stored + 1, unit="s", tz="UTC") if stored else g.t.max())
             beh.append({"user_id": int(u), "event_timestamp": t, "hist_item_ids": [items[i] for i in order],
                         "hist_timestamps": [secs[i] for i in order], "hist_len": len(order)})  # fmt: skip
             seen.append({"user_id": int(u), "event_timestamp": t, "seen_item_ids": known + new})
         fs.push(PUSH_SOURCES[0], pd.DataFrame(beh))
         fs.push(PUSH_SOURCES[1], pd.DataFrame(seen))
+        if on_pushed is not None:
+            on_pushed(users)
     return {"users": len(users), "events": len(ev)}
 
 
@@ -385,7 +396,11 @@ def run_pipeline(cfg: Any, steps: tuple[str, ...] = STEPS, interval: Any = None,
         end = dt.datetime.fromisoformat(record["end"])
 
         def load_and_publish() -> dict[str, Any]:
-            with sn.locked(root):  # the live registry must be this snapshot's when it is copied in
+            from .registry import file_lock
+
+            # The live registry must be this snapshot's when it is copied in; a push must not read a
+            # user's row before this load and write it back after.
+            with sn.locked(root), file_lock(root / PUSH_LOCK):
                 fs = store(store_cfg)
                 if not _applied(fs, d):  # another run applied its snapshot in between
                     fs = apply(store_cfg, d)

@@ -9,6 +9,7 @@ running service watches the file and follows by itself.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import getpass
 import json
 import os
@@ -20,7 +21,7 @@ import yaml
 
 from . import routing as rt
 from .ab import decision
-from .registry import Registry, VersionError, atomic_write_text
+from .registry import Registry, VersionError, atomic_write_text, file_lock
 
 
 class PromotionRefused(RuntimeError):
@@ -46,12 +47,26 @@ def _actor() -> str:
     return os.environ.get("RECALL_ACTOR") or getpass.getuser()
 
 
+def _serialised(change):
+    """Runs a routing change under the routing file's lock: read, decide, write and audit as one step,
+    so two changes at once (an operator's promotion and the item-refresh DAG's swap) never lose one."""
+
+    @functools.wraps(change)
+    def locked(routing_path, *args, **kwargs):
+        path = Path(routing_path)
+        with file_lock(path.with_name(f".{path.name}.lock")):
+            return change(routing_path, *args, **kwargs)
+
+    return locked
+
+
 def _write(routing_path: Path, new: rt.Routing) -> None:
     text = yaml.safe_dump(rt.to_dict(new), sort_keys=False)
     rt.parse(yaml.safe_load(text))  # never write what the service could not read
     atomic_write_text(routing_path, text)
 
 
+@_serialised
 def start(
     routing_path: str | Path,
     challenger: str,
@@ -89,6 +104,7 @@ def start(
     return new
 
 
+@_serialised
 def promote(
     routing_path: str | Path,
     experiment: str,
@@ -134,6 +150,7 @@ def promote(
     return new
 
 
+@_serialised
 def swap(routing_path: str | Path, old: str, new: str, audit_log: str | Path, reason: str = "") -> rt.Routing:
     """Serves ``new`` wherever the routing names ``old`` (the default and any experiment variant): how a
     refreshed version (same model, current catalogue) replaces its parent. Assignments do not move; a
@@ -162,6 +179,7 @@ def swap(routing_path: str | Path, old: str, new: str, audit_log: str | Path, re
     return updated
 
 
+@_serialised
 def rollback(routing_path: str | Path, audit_log: str | Path, reason: str = "") -> rt.Routing:
     """Restores the default that the most recent promotion (not yet rolled back) replaced."""
     path = Path(routing_path)

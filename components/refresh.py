@@ -31,7 +31,7 @@ import pandas as pd
 
 from . import index as idx
 from .export import run_tower, session
-from .registry import ModelVersion, Registry
+from .registry import ModelVersion, Registry, VersionError
 from .tower_inputs import TowerInputs
 
 logger = logging.getLogger(__name__)
@@ -48,12 +48,18 @@ def attributes(mv: ModelVersion) -> list[str]:
     return [i["name"] for i in mv.spec["item_inputs"] if i["name"] != "item_id"]
 
 
+def withdrawn(mv: ModelVersion) -> list[int]:
+    """Items withdrawn by this version's refreshes (they stay out of every later refresh)."""
+    return list(mv.meta.get("withdrawn", []))
+
+
 def plan(mv: ModelVersion, catalogue: pd.DataFrame, remove: list[int] | tuple[int, ...] = ()) -> dict[str, Any]:
-    """Which items a refresh of ``mv`` over ``catalogue`` adds and withdraws (raw ids, sorted)."""
+    """Which items a refresh of ``mv`` over ``catalogue`` adds and withdraws (raw ids, sorted); items an
+    earlier refresh withdrew are not added back."""
     known = set(mv.item_ids.tolist())
     gone = set(int(i) for i in remove)
     ids = catalogue.item_id.astype("int64")
-    added = sorted(set(ids[~ids.isin(known)].tolist()) - gone)
+    added = sorted(set(ids[~ids.isin(known)].tolist()) - gone - set(withdrawn(mv)))
     unknown = sorted(gone - known - set(ids.tolist()))
     if unknown:
         raise RefreshError(f"cannot withdraw items {unknown[:10]}: neither {mv.tag} nor the catalogue has them")
@@ -121,7 +127,8 @@ def refresh(
                   "size_bytes": idx.size_bytes(index), "recall_measured_on": mv.tag}  # fmt: skip
         record.update(seconds=round(seconds, 3), items=len(new_ids))
         meta = {k: v for k, v in mv.meta.items() if k not in ("checksums", "run_key")}
-        return meta | {"index": {**mv.meta["index"], "report": report}, "refreshed_from": mv.tag, "refresh": record}
+        return meta | {"index": {**mv.meta["index"], "report": report}, "refreshed_from": mv.tag, "refresh": record,
+                       "withdrawn": sorted(set(withdrawn(mv)) | set(todo["removed"]))}  # fmt: skip
 
     new = registry.write(mv.name, fill, key=key)
     record = new.meta["refresh"]
@@ -130,14 +137,19 @@ def refresh(
 
 
 def refresh_served(
-    routing_path: str | Path, registry: Registry, features_dir: str | Path, audit_log: str | Path
+    routing_path: str | Path,
+    registry: Registry,
+    features_dir: str | Path,
+    audit_log: str | Path,
+    swap_in: bool = True,
 ) -> list[dict[str, Any]]:
     """Every version the routing serves, refreshed over the latest published snapshot's catalogue and
-    swapped in where it served (what the ``recall_item_refresh`` DAG runs after each snapshot). Versions
-    of ID-only models are reported with how many new items wait for their next training."""
+    (``swap_in``) swapped in where it is still served (what the ``recall_item_refresh`` DAG runs after each
+    snapshot). Versions of ID-only models are reported with how many new items wait for their next
+    training; a version that cannot be refreshed is reported (``failed``) without stopping the others."""
     from . import routing as rt
     from . import snapshots as sn
-    from .promote import swap
+    from .promote import PromotionRefused, swap
 
     latest = sn.latest(features_dir)
     if latest is None:
@@ -145,15 +157,19 @@ def refresh_served(
     catalogue = pd.read_parquet(Path(latest["dir"]) / "items.parquet")
     out = []
     for tag in rt.load(routing_path).models():
-        mv = registry.get(tag)
-        if not attributes(mv):
-            waiting = len(plan(mv, catalogue)["added"])
-            out.append({"parent": mv.tag, "version": mv.tag, "status": "waits for training", "added": 0,
-                        "removed": [], "why": f"its item tower reads only item ids: {waiting} new item(s) wait "
-                                              "for the next training"})  # fmt: skip
-            continue
-        new, record = refresh(mv, catalogue, registry, snapshot=latest["id"])
-        if new.tag != mv.tag:
-            swap(routing_path, tag, new.tag, audit_log, f"item refresh over snapshot {latest['id']}")
-        out.append(record)
+        base = {"parent": tag, "version": tag, "added": 0, "removed": []}
+        try:
+            mv = registry.get(tag)
+            if not attributes(mv):
+                waiting = len(plan(mv, catalogue)["added"])
+                why = f"its item tower reads only item ids: {waiting} new item(s) wait for the next training"
+                out.append(base | {"status": "waits for training", "why": why})
+                continue
+            new, record = refresh(mv, catalogue, registry, snapshot=latest["id"])
+            if swap_in and new.tag != mv.tag:
+                swap(routing_path, tag, new.tag, audit_log, f"item refresh over snapshot {latest['id']}")
+            out.append(record)
+        except (RefreshError, PromotionRefused, VersionError) as e:
+            logger.error("item refresh of %s failed: %s", tag, e)
+            out.append(base | {"status": "failed", "why": str(e)})
     return out

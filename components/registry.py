@@ -6,7 +6,8 @@ A version is a directory ``<root>/<model>/<version>/`` holding::
                        metrics, gate verdict, export parity, index report, and the sha256 of every file
     user_tower.onnx    named feature inputs → "user_embedding" [B, d] or [B, K, d]
     item_tower.onnx    item features → "item_embedding" [N, d]
-    index.faiss        item vectors (row r = item index r + 1); item_ids.npy maps rows to raw item ids
+    index.faiss        item vectors, row r for the raw item id item_ids.npy[r] (row r = item index r + 1,
+                       except in a version refreshed with new or withdrawn items: components/refresh.py)
     popularity.npy     training interaction count per index row (the popularity fallback)
     vocab/             raw id ↔ index maps (0 = padding/unknown)
     feature_spec.json  the towers' inputs: order, dtypes, shapes, feature-store sources, vocabularies

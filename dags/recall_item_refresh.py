@@ -6,8 +6,9 @@ Runs when `recall_features` publishes a feature snapshot (the same Asset that sc
 in its index by its own item tower — for models whose item tower reads item attributes (DSSM,
 FaceBookDSSM, YoutubeSBC) — as a new registered version (`refreshed_from` its parent), which replaces
 the parent in the routing; the service's hot reload serves it without a restart. Versions of ID-only
-models are listed with the number of new items that wait for their next training. A retry registers
-nothing twice and swaps nothing twice (`components/refresh.py`).
+models are listed with the number of new items that wait for their next training. A version that
+cannot be refreshed fails the task after the others are done; a retry registers nothing twice and swaps
+nothing twice (`components/refresh.py`).
 
 Params: `config`, `overrides` (as `recall_features`: `features.dir`, `registry`, `routing`), `audit_log`.
 """
@@ -45,6 +46,9 @@ def recall_item_refresh():
         for r in records:
             print(f"{r['parent']}: {r['status']} → {r['version']}, {r['added']} new, {len(r['removed'])} withdrawn"
                   + (f" ({r['why']})" if "why" in r else ""))  # fmt: skip
+        failed = [f"{r['parent']}: {r['why']}" for r in records if r["status"] == "failed"]
+        if failed:  # the others are refreshed and swapped; a retry redoes only what is left
+            raise RuntimeError("item refresh failed for " + "; ".join(failed))
         return [{k: r[k] for k in ("parent", "version", "status", "added")} for r in records]
 
     refresh()

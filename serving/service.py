@@ -112,6 +112,8 @@ class Controller:
         gc.freeze()  # long-lived objects (Feast, torch, the indexes) out of every later collection: fewer pauses
         self._feature_store = None
         self._fs_lock = threading.Lock()
+        self._push_store = None
+        self._push_lock = threading.Lock()
         self.feature_dir = _env("RECALL_FEATURE_DIR", "runs/features")
         self.journal = PushJournal(_env("RECALL_PUSH_JOURNAL", str(Path(self.feature_dir) / "pushes.log")))
         interval = float(_env("RECALL_WATCH_INTERVAL_S", "1"))
@@ -165,16 +167,15 @@ class Controller:
             pass
 
     # --- features ------------------------------------------------------------------------------------
+    def _new_store(self):
+        from components.features import StoreConfig, store
+
+        online, redis = _env("RECALL_ONLINE_STORE", "sqlite"), _env("RECALL_REDIS", "localhost:6379")
+        return store(StoreConfig(self.feature_dir, online, redis))
+
     def feature_store(self):
         if self._feature_store is None:
-            from components.features import StoreConfig, store
-
-            cfg = StoreConfig(
-                self.feature_dir,
-                _env("RECALL_ONLINE_STORE", "sqlite"),
-                _env("RECALL_REDIS", "localhost:6379"),
-            )
-            self._feature_store = store(cfg)
+            self._feature_store = self._new_store()
         return self._feature_store
 
     def online(self, users: list[int], refs: list[str]) -> dict[str, list]:
@@ -184,17 +185,20 @@ class Controller:
 
     def push(self, events) -> dict[str, int]:
         """New interactions → the online store (:func:`components.features.push_events`), at the history
-        length of the latest published snapshot; then every worker forgets those users' cached results."""
+        length of the latest published snapshot; every worker then forgets those users' cached results.
+        Pushes use their own Feast connection, so waiting for another worker's push never holds up this
+        worker's online reads."""
         from components import snapshots as sn
         from components.features import push_events
 
         latest = sn.latest(self.feature_dir)
         if latest is None:
             raise bentoml.exceptions.ServiceUnavailable(f"no published feature snapshot in {self.feature_dir}")
-        with self._fs_lock:
-            out = push_events(self.feature_store(), self.feature_dir, events, int(latest["max_len"]))
-        self.journal.record([str(u) for u in events.user_id.unique()])
-        return out
+        with self._push_lock:
+            if self._push_store is None:
+                self._push_store = self._new_store()
+            return push_events(self._push_store, self.feature_dir, events, int(latest["max_len"]),
+                               on_pushed=lambda users: self.journal.record([str(u) for u in users]))  # fmt: skip
 
     def forget_pushed(self, state: ServingState) -> None:
         """Drops the cached results of users whose features were pushed since the last look."""
@@ -331,7 +335,7 @@ class RecallService:
             a, retriever, flag = state.route(r.user_id)
             user = str(int(r.user_id)) if r.user_id.isdigit() else r.user_id  # as pushes name them
             key = (retriever.tag, user, r.k, r.exclude_seen, json.dumps(r.context or {}, sort_keys=True))
-            plans.append((a, retriever, flag, key))
+            plans.append((a, retriever, flag, key, state.cache.version(user)))
             cached = state.cache.get(key)
             if cached is not None:
                 out[i] = cached
@@ -365,7 +369,7 @@ class RecallService:
                 continue
             for i, res in zip(numeric, results, strict=True):
                 out[i] = self._response(plans[i], res)
-                state.cache.put(plans[i][3], out[i])
+                state.cache.put(plans[i][3], out[i], plans[i][4])  # not if a push dropped the user meanwhile
         elapsed = time.perf_counter() - t0
         if not log:
             return out  # type: ignore[return-value]
@@ -397,7 +401,7 @@ class RecallService:
 
     @staticmethod
     def _response(plan, res, unknown: bool = False) -> dict[str, Any]:
-        a, retriever, flag, _ = plan
+        a, retriever, flag = plan[:3]
         return {
             "items": [{"item_id": it, "score": round(s, 6)} for it, s in zip(res.items, res.scores, strict=True)],
             "model": retriever.tag,
@@ -438,7 +442,9 @@ class RecallService:
             {
                 "user_id": [int(e.user_id) for e in events],
                 "item_id": [int(e.item_id) for e in events],
-                "event_timestamp": pd.to_datetime([e.timestamp or now for e in events], unit="s", utc=True),
+                "event_timestamp": pd.to_datetime(
+                    [now if e.timestamp is None else e.timestamp for e in events], unit="s", utc=True
+                ),
             }
         )
         out = self.ctl.push(df)

@@ -28,12 +28,17 @@ logger = logging.getLogger("recall.serving")
 class ResultCache:
     """A bounded, time-limited LRU of results for frequent users; thread-safe; counts hits. Keys are
     tuples whose second element is the user: :meth:`drop_users` forgets a user's results (their
-    features changed)."""
+    features changed), and a result computed from features read before that (``put`` with the
+    :meth:`version` taken before the read) is not stored."""
+
+    MAX_TRACKED = 100_000  # users whose drops are counted; beyond it one counter for everyone
 
     def __init__(self, max_entries: int = 10_000, ttl_s: float = 60.0):
         self.max_entries, self.ttl_s = max_entries, ttl_s
         self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._by_user: dict[str, set[Any]] = {}
+        self._drops: dict[str, int] = {}  # user → times their results were dropped
+        self._epoch = 0  # times everything was dropped
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -59,10 +64,17 @@ class ResultCache:
             self.hits += 1
             return entry[1]
 
-    def put(self, key: Any, value: Any) -> None:
+    def version(self, user: str) -> tuple[int, int]:
+        """Take before reading a user's features; pass to :meth:`put`."""
+        with self._lock:
+            return self._epoch, self._drops.get(user, 0)
+
+    def put(self, key: Any, value: Any, version: tuple[int, int] | None = None) -> None:
         if self.max_entries <= 0:
             return
         with self._lock:
+            if version is not None and version != (self._epoch, self._drops.get(key[1], 0)):
+                return  # the user's features changed since this result's were read
             self._data[key] = (time.monotonic(), value)
             self._data.move_to_end(key)
             self._by_user.setdefault(key[1], set()).add(key)
@@ -72,11 +84,14 @@ class ResultCache:
     def drop_users(self, users: list[str] | None) -> None:
         """Forgets these users' results; ``None``: everyone's."""
         with self._lock:
-            if users is None:
+            if users is None or len(self._drops) + len(users) > self.MAX_TRACKED:
                 self._data.clear()
                 self._by_user.clear()
+                self._drops.clear()
+                self._epoch += 1
                 return
             for u in users:
+                self._drops[u] = self._drops.get(u, 0) + 1
                 for key in self._by_user.pop(u, ()):
                     self._data.pop(key, None)
 
@@ -113,7 +128,10 @@ class PushJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         st = self._stat()
         if st is not None and st.st_size > self.MAX_BYTES:
-            os.replace(self.path, self.path.with_name(self.path.name + ".old"))
+            try:
+                os.replace(self.path, self.path.with_name(self.path.name + ".old"))
+            except FileNotFoundError:  # another worker rotated it first
+                pass
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, "".join(f"{u}\n" for u in users).encode())  # one append: never interleaved
@@ -126,8 +144,9 @@ class PushJournal:
         if st is None or (st.st_ino == self._ino and st.st_size == self._offset):
             return []
         with self._lock:
-            rotated = self._ino is not None and st.st_ino != self._ino  # (a first journal is read whole)
-            if st.st_ino != self._ino:
+            # Replaced (another inode) or truncated: drop everything. A first journal is read whole.
+            rotated = self._ino is not None and (st.st_ino != self._ino or st.st_size < self._offset)
+            if rotated or st.st_ino != self._ino:
                 self._ino, self._offset = st.st_ino, 0
             with open(self.path, "rb") as f:
                 f.seek(self._offset)

@@ -184,6 +184,13 @@ def _push_and_check(store, root, users):
     assert after["seen_item_ids"][0] == before["seen_item_ids"][0] + [999_001]  # a re-seen item is not repeated
     assert after["seen_item_ids"][1] == before["seen_item_ids"][1] + [999_002]
     assert after["hist_item_ids"][2] == before["hist_item_ids"][2]  # nobody else changes
+    # A click stamped with the same second as the row it lands on, and a late one, are not dropped (Redis
+    # keeps a row only if it is newer than the stored one).
+    same = pd.DataFrame({"user_id": [users[1], users[1]], "item_id": [999_003, 999_004],
+                         "event_timestamp": [t + pd.Timedelta(seconds=5), t - pd.Timedelta(days=1)]})  # fmt: skip
+    push_events(store, root, same, L)
+    again = store.get_online_features(refs, [{"user_id": users[1]}]).to_dict()
+    assert {999_003, 999_004} <= set(again["seen_item_ids"][0]) and again["hist_item_ids"][0][-1] == 999_003
 
 
 def test_pushed_events_reach_the_online_history_and_seen_set(synthetic, tmp_path):

@@ -104,6 +104,10 @@ def test_withdrawn_items_leave_the_index(world):
     assert 5 not in v3.item_ids and 112 not in v3.item_ids and v3.index().ntotal == len(v2.item_ids) - 2
     with pytest.raises(RefreshError, match="cannot withdraw items \\[99999\\]"):
         refresh(v2, catalogue, world["reg"], remove=[99999])
+    again, record = refresh(v3, catalogue, world["reg"])  # the next refresh does not bring them back
+    assert record["status"] == "unchanged" and again.tag == v3.tag and v3.meta["withdrawn"] == [5, 112]
+    res = _cli(world, "--remove", "5")  # withdrawing needs a version
+    assert res.exit_code == 2 and "name it" in res.output
 
 
 def test_id_only_models_are_refused_plainly(world, tmp_path):

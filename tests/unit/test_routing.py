@@ -122,6 +122,13 @@ def test_result_cache_forgets_the_users_whose_features_changed():
     assert c.get(("m1", "1", 10)) is None and c.get(("m2", "1", 5)) is None and c.get(("m1", "2", 10))
     c.drop_users(None)
     assert len(c) == 0
+    # A result computed from features read before the user was dropped is not cached.
+    before = c.version("3")
+    c.drop_users(["3"])
+    c.put(("m1", "3", 10), "stale", before)
+    assert c.get(("m1", "3", 10)) is None
+    c.put(("m1", "3", 10), "fresh", c.version("3"))
+    assert c.get(("m1", "3", 10)) == "fresh"
 
 
 def test_the_push_journal_tells_every_reader_which_users_changed(tmp_path):
@@ -144,6 +151,9 @@ def test_the_push_journal_tells_every_reader_which_users_changed(tmp_path):
     assert reader.changed() is None  # rotated: whatever it missed, the reader drops everything
     writer.record(["11"])
     assert reader.changed() == ["11"]
+    with open(path, "w") as f:  # truncated in place (same inode): the reader cannot know what it missed
+        f.write("")
+    assert reader.changed() is None
 
 
 def test_response_log_rotates_and_reads_back_in_order(tmp_path):
