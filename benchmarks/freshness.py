@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
+from benchmarks.serving import server_env  # noqa: E402
 from serving.process import running_service  # noqa: E402
 
 INGEST_TOKEN = "bench"
@@ -76,15 +77,7 @@ def setup(work: Path, users: int, items: int, interactions: int) -> dict:
 
 
 def pushes(work: Path, users: list[int], rounds: int) -> dict:
-    env = {
-        "RECALL_ROUTING": str(work / "routing.yaml"),
-        "RECALL_REGISTRY": str(work / "registry"),
-        "RECALL_FEATURE_DIR": str(work / "features"),
-        "RECALL_RESPONSE_LOG": str(work / "responses.jsonl"),
-        "RECALL_WATCH_INTERVAL_S": "0",
-        "RECALL_INGEST_TOKEN": INGEST_TOKEN,
-        "RECALL_WORKERS": "2",
-    }
+    env = server_env(work) | {"RECALL_INGEST_TOKEN": INGEST_TOKEN, "RECALL_WORKERS": "2"}
     post_ms, fresh_ms, asks = [], [], []
     rng = np.random.default_rng(0)
     auth = {"Authorization": f"Bearer {INGEST_TOKEN}"}

@@ -442,11 +442,8 @@ def refresh(
 ) -> None:
     """Put catalogue items a version never saw into its index (its item tower places them by their
     attributes) as a new version, and serve it in its place. ID-only models are refused."""
-    import pandas as pd
-
-    from . import snapshots as sn
     from .promote import swap as do_swap
-    from .refresh import RefreshError, refresh_served
+    from .refresh import RefreshError, catalogue, refresh_served
     from .refresh import refresh as do_refresh
     from .registry import VersionError
 
@@ -458,11 +455,8 @@ def refresh(
         if version is None:
             records = refresh_served(routing, reg, features_dir, audit_log, swap)
         else:
-            latest = sn.latest(features_dir)
-            if latest is None:
-                raise FileNotFoundError(f"{features_dir} has no published snapshot: run `recall features run` first")
-            catalogue = pd.read_parquet(Path(latest["dir"]) / "items.parquet")
-            _, record = do_refresh(reg.get(version), catalogue, reg, remove or (), latest["id"])
+            latest, items = catalogue(features_dir)
+            _, record = do_refresh(reg.get(version), items, reg, remove or (), latest["id"])
             records = [record]
     except (RefreshError, VersionError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")

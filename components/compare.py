@@ -113,7 +113,7 @@ class ServedVersion:
                     for s, p in zip(starts[sl], pos[sl], strict=True)
                 ],
             }
-            for name in enc.vocabs:
+            for name in enc.profile:
                 col = profile[name] if name in profile else pd.Series(dtype=object)
                 feats[name] = [col.get(u) for u in r.raw_users[sl]]
             q = run_tower(self.session, enc.encode(r.raw_users[sl].tolist(), feats, r.target_time[sl]))

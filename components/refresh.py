@@ -136,6 +136,16 @@ def refresh(
     return new, record | {"status": "new", "version": new.tag}
 
 
+def catalogue(features_dir: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The latest published snapshot's manifest and its item catalogue."""
+    from . import snapshots as sn
+
+    latest = sn.latest(features_dir)
+    if latest is None:
+        raise FileNotFoundError(f"{features_dir} has no published snapshot: run `recall features run` first")
+    return latest, pd.read_parquet(Path(latest["dir"]) / "items.parquet")
+
+
 def refresh_served(
     routing_path: str | Path,
     registry: Registry,
@@ -148,24 +158,20 @@ def refresh_served(
     snapshot). Versions of ID-only models are reported with how many new items wait for their next
     training; a version that cannot be refreshed is reported (``failed``) without stopping the others."""
     from . import routing as rt
-    from . import snapshots as sn
     from .promote import PromotionRefused, swap
 
-    latest = sn.latest(features_dir)
-    if latest is None:
-        raise FileNotFoundError(f"{features_dir} has no published snapshot: run `recall features run` first")
-    catalogue = pd.read_parquet(Path(latest["dir"]) / "items.parquet")
+    latest, items = catalogue(features_dir)
     out = []
     for tag in rt.load(routing_path).models():
         base = {"parent": tag, "version": tag, "added": 0, "removed": []}
         try:
             mv = registry.get(tag)
             if not attributes(mv):
-                waiting = len(plan(mv, catalogue)["added"])
+                waiting = len(plan(mv, items)["added"])
                 why = f"its item tower reads only item ids: {waiting} new item(s) wait for the next training"
                 out.append(base | {"status": "waits for training", "why": why})
                 continue
-            new, record = refresh(mv, catalogue, registry, snapshot=latest["id"])
+            new, record = refresh(mv, items, registry, snapshot=latest["id"])
             if swap_in and new.tag != mv.tag:
                 swap(routing_path, tag, new.tag, audit_log, f"item refresh over snapshot {latest['id']}")
             out.append(record)

@@ -35,6 +35,8 @@ class TowerInputs:
             if v.endswith(".json"):
                 values = json.loads((mv.path / v).read_text())
                 self.vocabs[spec["name"]] = {str(x): i + 1 for i, x in enumerate(values)}
+        # Categorical user-tower inputs read from the profile (the gate fills them from the users table).
+        self.profile = [s["name"] for s in self.spec["user_inputs"] if s["name"] in self.vocabs]
         self.feature_refs = self._feature_refs()  # what to read from the feature store, per request
 
     def _feature_refs(self) -> list[str]:
