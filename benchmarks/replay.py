@@ -7,12 +7,14 @@ the same events, gate, export, index, register) → the promotion rule → the s
     python benchmarks/replay.py --dataset ml100k --periods 8 --period 7 --start 1997-12-01
     python benchmarks/replay.py --dataset ml100k -s train.epochs=20  # any setting of the run config
 
-Promotion rule (documented in the README): a candidate that passes the gate — which already compares
-it with production on its own evaluation events, overall and per slice, allowing a small regression —
-*and* is at least as good as production on the gate's first regression metric (Recall@20 by default)
-on those events replaces production at once: registering tolerates noise, replacing what is served
-does not (the replay has no live traffic for an A/B test; in production `recall_ab_report` decides).
-The first period's candidate has nothing to beat but popularity.
+Promotion rule (documented in the README; the gate's ``promotion`` advice, components/gate.py): a
+candidate that passes the gate — which compares it with production on its own evaluation events,
+overall and per slice, blocking only a significant regression beyond the tolerance — *and* is
+significantly better than production on the gate's first regression metric (Recall@20 by default) on
+those events, paired over the same users at the gate's confidence, replaces production at once:
+registering tolerates noise, replacing what is served does not (the replay has no live traffic for an
+A/B test; in production `recall_ab_report` decides). The first period's candidate has nothing to beat
+but popularity.
 
 Per period: new events, new users and new items of the snapshot; the candidate's and production's test
 metrics on the same split; the gate verdict; promoted or not; the served model's hit rate (HR@K, seen
@@ -154,10 +156,8 @@ def main() -> None:
         row["promoted"] = None
         if train.ok and (run_dir / "registered.json").exists():
             tag = json.loads((run_dir / "registered.json").read_text())["tag"]
-            primary = gate["config"]["regression_metrics"][0]
-            prod = (ev.get("production") or {}).get("test")
-            row["no_worse"] = prod is None or ev["test"][primary] >= prod[primary]
-            if row["no_worse"]:  # the promotion rule
+            row["promotion"] = gate["promotion"]["why"]
+            if gate["promotion"]["recommended"]:  # the promotion rule
                 atomic_write_text(routing, f"default: {tag}\nexperiments: []\n")
                 previous_served, served, row["promoted"] = served, tag, tag
         elif not train.ok and not gate:

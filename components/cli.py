@@ -483,6 +483,9 @@ def _print_gate(verdict: dict) -> None:
     colour = {"passed": "green", "failed": "red", "skipped": "yellow"}
     for c in verdict["checks"]:
         console.print(f"   [{colour[c['status']]}]{c['status']:>7}[/] {c['name']}: {c['detail']}")
+    if "promotion" in verdict:
+        p = verdict["promotion"]
+        console.print(f"   replace production: {'yes' if p['recommended'] else 'no'} — {p['why']}")
 
 
 def _pipeline_config(config: Path | None, overrides: list[str] | None, model: str | None):

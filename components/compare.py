@@ -13,6 +13,10 @@ Each evaluated row also falls into slices, so a regression hidden in the average
     item=head | item=torso | item=tail  the target's training popularity: top 10 % of the catalogue,
                                      the next 40 %, the rest (never-trained items included)
     item=new                         the target is not in production's index (only with production)
+
+With production, every metric also comes as the paired difference candidate − production over the same
+rows with its standard error (:func:`differences`), overall and per slice, so the gate can tell a real
+regression from retraining noise and a real improvement from a lucky split.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 
 from models.data import SequenceData, Split
 from models.evaluation import eval_rows
-from models.metrics import metrics_from_ranks
+from models.metrics import metrics_from_ranks, paired_difference, row_metrics
 
 from .registry import ModelVersion
 
@@ -156,13 +160,22 @@ def slices(data: SequenceData, r: Rows, counts: torch.Tensor, production: ModelV
     return out
 
 
+def differences(candidate: np.ndarray, production: np.ndarray, ks: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Metric → paired difference candidate − production over the same rows (``{"diff", "se", "rows"}``)."""
+    a, b = row_metrics(torch.as_tensor(candidate), ks), row_metrics(torch.as_tensor(production), ks)
+    return {name: paired_difference(a[name], b[name]) for name in a}
+
+
 def sliced(ranks: dict[str, np.ndarray], masks: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[str, Any]:
-    """Per slice: its row count and each ranker's metrics on those rows (rankers: name → (R,) ranks)."""
+    """Per slice: its row count, each ranker's metrics on those rows (rankers: name → (R,) ranks) and,
+    when both a candidate and production are ranked, their paired ``difference``."""
     out: dict[str, Any] = {}
     for name, mask in masks.items():
         n = int(mask.sum())
         entry: dict[str, Any] = {"rows": n}
         for who, rk in ranks.items():
             entry[who] = metrics_from_ranks(torch.as_tensor(rk[mask]), ks) if n else {}
+        if n and "candidate" in ranks and "production" in ranks:
+            entry["difference"] = differences(ranks["candidate"][mask], ranks["production"][mask], ks)
         out[name] = entry
     return out

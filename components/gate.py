@@ -7,10 +7,21 @@ Three kinds of check on the candidate's metrics (test split by default, seen ite
 - **production**: no regression beyond ``max_regression`` (relative) against the model the routing
   file serves by default, on Recall@K / NDCG@K / MRR@K. Both are scored on the *candidate's* evaluation
   events (:mod:`components.compare`: production through its registered towers and index), so the
-  comparison holds on every day's new data; with nothing in production it is ``skipped`` with the reason;
+  comparison holds on every day's new data; with nothing in production it is ``skipped`` with the reason.
+  A check fails when the candidate is below the allowed bar *and* significantly below production: the
+  paired difference over the same rows has its whole ``confidence`` interval under zero
+  (``confidence: 0`` fails on the point estimate alone). Retraining the same model on one more day of
+  data moves the metrics by more than a 2 % tolerance on a few thousand rows; blocking on that noise
+  would freeze whatever production happened to train well;
 - **slices**: the same regression check per slice (``user=new``, ``history=1-4``, ``item=tail``, …)
   for the slices given a limit in ``slice_limits`` (``"*"``: every slice); a slice with fewer than
   ``min_slice_rows`` evaluated rows is too noisy to judge and is ``skipped``, saying so.
+
+The verdict also says whether the candidate should **replace** production (``promotion``): only when
+it passed and its first regression metric is significantly *higher* than production's on the same rows
+(the interval's lower end above zero), or nothing is in production. Registering tolerates noise;
+replacing what is served does not (the replay benchmark promotes by this rule; with live traffic an A/B
+test decides, :mod:`components.ab`).
 
 The verdict is a plain dict (stored as ``gate.json`` with the run and in the version's model.json);
 :func:`enforce` raises :class:`GateFailed` listing every failed check.
@@ -20,6 +31,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from models.metrics import interval
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,7 @@ class GateConfig:
     max_regression: float = 0.02  # allowed relative drop vs production (0.02 = 2 %)
     slice_limits: dict[str, float] = field(default_factory=dict)  # slice (or "*") → allowed relative drop
     min_slice_rows: int = 30  # a slice judged on fewer evaluated rows is skipped
+    confidence: float = 0.95  # a regression must be significant at this level (0: point estimates only)
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "val"):
@@ -38,6 +52,8 @@ class GateConfig:
         for name, limit in {"max_regression": self.max_regression, **self.slice_limits}.items():
             if not isinstance(limit, int | float) or not 0 <= limit < 1:
                 raise ValueError(f"gate regression limit {name!r} is a fraction in [0, 1), got {limit!r}")
+        if not isinstance(self.confidence, int | float) or not 0 <= self.confidence < 1:
+            raise ValueError(f"gate.confidence is a level in [0, 1), got {self.confidence!r}")
         if int(self.min_slice_rows) < 1:
             raise ValueError(f"gate.min_slice_rows must be ≥ 1, got {self.min_slice_rows}")
         object.__setattr__(self, "beat_popularity", tuple(self.beat_popularity))
@@ -68,10 +84,42 @@ def _check(
     return {"name": name, "status": status, "value": value, "threshold": threshold, "detail": detail}
 
 
-def _regression(name: str, v: float, p: float, limit: float, tag: str, where: str = "") -> dict[str, Any]:
+def _regression(
+    name: str, v: float, p: float, limit: float, tag: str, diff: dict[str, float] | None, confidence: float,
+    where: str = "",
+) -> dict[str, Any]:
+    """Fails when ``v`` is under the bar and — given the paired difference ``diff`` — significantly under
+    production. Without a paired difference (an older evaluation) the point estimates decide."""
     bar = p * (1 - limit)
-    return _check(f"no regression vs {tag} on {name}{where}", v >= bar,
-                  f"{v:.4f} vs production {p:.4f} (allowed down to {bar:.4f}, −{limit:.0%})", v, bar)  # fmt: skip
+    detail = f"{v:.4f} vs production {p:.4f} (allowed down to {bar:.4f}, −{limit:.0%})"
+    ok = v >= bar
+    if diff is not None:
+        lo, hi = interval(diff, confidence)
+        detail += f"; difference {diff['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] at {confidence:.0%}"
+        detail += f" over {diff['rows']} rows"
+        if not ok and hi >= 0:
+            ok, detail = True, detail + ": not significant"
+    return _check(f"no regression vs {tag} on {name}{where}", ok, detail, v, bar)
+
+
+def promotion(verdict: dict[str, Any]) -> dict[str, Any]:
+    """Should this candidate replace production? ``{"recommended", "why"}`` (see the module docstring)."""
+    if not verdict["passed"]:
+        return {"recommended": False, "why": "the gate failed"}
+    production = verdict.get("production")
+    if production is None:
+        return {"recommended": True, "why": "nothing in production"}
+    cfg = verdict["config"]
+    name = cfg["regression_metrics"][0]
+    diff = (production.get("difference") or {}).get(name)
+    if diff is None:
+        v, p = verdict["candidate"][name], production["metrics"][name]
+        return {"recommended": v > p, "why": f"{name} {v:.4f} vs production {p:.4f} (no paired difference)"}
+    lo, hi = interval(diff, cfg["confidence"])
+    better = lo > 0
+    what = "significantly better" if better else "not significantly better"
+    return {"recommended": better, "why": f"{name} {diff['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] vs "
+            f"{production['tag']} over {diff['rows']} rows: {what}"}  # fmt: skip
 
 
 def evaluate_gate(
@@ -82,8 +130,9 @@ def evaluate_gate(
     slices: dict[str, dict[str, Any]] | None = None,
     no_production: str = "nothing in production yet",
 ) -> dict[str, Any]:
-    """All checks and the verdict. ``production``: ``{"tag", "metrics"}``, the version served by default
-    scored on the candidate's split, or None (``no_production`` says why). ``slices``: name →
+    """All checks and the verdict. ``production``: ``{"tag", "metrics", "difference"}``, the version served
+    by default scored on the candidate's split (``difference``: metric → paired candidate − production,
+    :func:`components.compare.differences`), or None (``no_production`` says why). ``slices``: name →
     ``{"rows", "candidate", "production", …}`` on the same split (:func:`components.compare.sliced`)."""
     checks: list[dict[str, Any]] = []
     for name, floor in sorted(cfg.floors.items()):
@@ -99,10 +148,11 @@ def evaluate_gate(
         tag = production["tag"]
         for name in cfg.regression_metrics:
             v, p = _metric(candidate, name, "candidate"), _metric(production["metrics"], name, tag)
-            checks.append(_regression(name, v, p, cfg.max_regression, tag))
+            diff = (production.get("difference") or {}).get(name)
+            checks.append(_regression(name, v, p, cfg.max_regression, tag, diff, cfg.confidence))
         checks += _slice_checks(cfg, tag, slices or {})
     passed = all(c["status"] != "failed" for c in checks)
-    return {
+    verdict = {
         "passed": passed,
         "split": cfg.split,
         "checks": checks,
@@ -113,6 +163,8 @@ def evaluate_gate(
         "config": {**cfg.__dict__, "beat_popularity": list(cfg.beat_popularity),
                    "regression_metrics": list(cfg.regression_metrics)},  # fmt: skip
     }
+    verdict["promotion"] = promotion(verdict)
+    return verdict
 
 
 def _slice_checks(cfg: GateConfig, tag: str, slices: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -133,7 +185,8 @@ def _slice_checks(cfg: GateConfig, tag: str, slices: dict[str, dict[str, Any]]) 
                 continue
             v = _metric(entry["candidate"], name, f"candidate's {sl}")
             p = _metric(entry["production"], name, f"{tag}'s {sl}")
-            checks.append(_regression(name, v, p, limit, tag, where))
+            diff = (entry.get("difference") or {}).get(name)
+            checks.append(_regression(name, v, p, limit, tag, diff, cfg.confidence, where))
     return checks
 
 

@@ -205,6 +205,8 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         if served is not None:
             ranks["production"] = served.ranks(enc.data, rows, enc.item_ids, tables.users, rcfg.exclude_seen, max(ks))
             result["production"][part] = metrics_from_ranks(torch.as_tensor(ranks["production"]), ks)
+            result["production"].setdefault("difference", {})[part] = compare.differences(
+                ranks["candidate"], ranks["production"], rcfg.ks)  # fmt: skip
         result[part] = metrics_from_ranks(torch.as_tensor(ranks["candidate"]), ks)
         result[f"popularity_{part}"] = metrics_from_ranks(torch.as_tensor(ranks["popularity"]), ks)
         result["slices"][part] = compare.sliced(ranks, compare.slices(enc.data, rows, counts, prod), rcfg.ks)
@@ -227,7 +229,8 @@ def gate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     ev = _read(Path(run_dir), "evaluation.json", "evaluate")
     split = cfg.gate.split
     prod = ev.get("production")
-    production = None if prod is None else {"tag": prod["tag"], "metrics": prod[split]}
+    production = None if prod is None else {"tag": prod["tag"], "metrics": prod[split],
+                                            "difference": (prod.get("difference") or {}).get(split)}
     why = ev.get("no_production") or "nothing in production yet"
     verdict = evaluate_gate(ev[split], ev[f"popularity_{split}"], cfg.gate, production,
                             ev.get("slices", {}).get(split), why)  # fmt: skip
@@ -237,7 +240,8 @@ def gate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
 
     add_gate(Path(run_dir) / "report.html", verdict)
     enforce(verdict)
-    return {"passed": True, "checks": [f"{c['name']}: {c['status']}" for c in verdict["checks"]]}
+    return {"passed": True, "checks": [f"{c['name']}: {c['status']}" for c in verdict["checks"]],
+            "replace_production": verdict["promotion"]}  # fmt: skip
 
 
 def _passed_gate(run_dir: Path) -> dict[str, Any]:

@@ -116,7 +116,10 @@ def gate_html(verdict: dict[str, Any]) -> str:
         for c in verdict["checks"]
     ]
     word = '<span class="pass">PASSED</span>' if verdict["passed"] else '<span class="fail">FAILED</span>'
-    return f"<h2>Quality gate: {word}</h2>" + table(["check", "result", "numbers"], rows)
+    promo = verdict.get("promotion")
+    advice = "" if promo is None else (
+        f"<p>Replace production: <b>{'yes' if promo['recommended'] else 'no'}</b> — {html.escape(promo['why'])}</p>")
+    return f"<h2>Quality gate: {word}</h2>" + advice + table(["check", "result", "numbers"], rows)
 
 
 def add_gate(path: str | Path, verdict: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ is never materialised.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import torch
 
@@ -87,10 +88,12 @@ def target_ranks(
     return torch.where(valid, ranks, torch.full_like(ranks, N))
 
 
-def metrics_from_ranks(
+def row_metrics(
     ranks: torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS, n_targets: torch.Tensor | None = None
-) -> dict[str, float]:
-    """Average Recall/Precision/NDCG/Hit/MRR@K over rows from 0-based target ranks.
+) -> dict[str, torch.Tensor]:
+    """Recall/Precision/NDCG/Hit/MRR@K of each row (float64, shape (R,)) from 0-based target ranks;
+    :func:`metrics_from_ranks` averages them. Per-row values are what paired comparisons of two
+    rankers on the same rows need (:func:`paired_difference`).
 
     Args:
         ranks: (R,) or (R, T) ranks from :func:`target_ranks` (padded targets hold a rank ≥ N).
@@ -105,21 +108,45 @@ def metrics_from_ranks(
     if n_targets is None:
         n_targets = torch.full((R,), T)
     n_targets = n_targets.double()
-    out: dict[str, float] = {}
+    out: dict[str, torch.Tensor] = {}
     r = ranks.double()
+    best = ranks.min(1).values.double()
     for k in ks:
         hit_mask = ranks < k
         hits = hit_mask.sum(1).double()
         dcg = torch.where(hit_mask, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).sum(1)
         ideal_n = torch.minimum(n_targets, torch.tensor(float(k)))
         idcg = torch.tensor([sum(1.0 / math.log2(i + 2) for i in range(int(n))) for n in ideal_n.tolist()])
-        best = ranks.min(1).values.double()
-        out[f"recall@{k}"] = (hits / n_targets.clamp(min=1)).mean().item()
-        out[f"precision@{k}"] = (hits / k).mean().item()
-        out[f"ndcg@{k}"] = (dcg / idcg.clamp(min=1e-12)).mean().item()
-        out[f"hit@{k}"] = (hits > 0).double().mean().item()
-        out[f"mrr@{k}"] = torch.where(best < k, 1.0 / (best + 1.0), torch.zeros_like(best)).mean().item()
+        out[f"recall@{k}"] = hits / n_targets.clamp(min=1)
+        out[f"precision@{k}"] = hits / k
+        out[f"ndcg@{k}"] = dcg / idcg.clamp(min=1e-12)
+        out[f"hit@{k}"] = (hits > 0).double()
+        out[f"mrr@{k}"] = torch.where(best < k, 1.0 / (best + 1.0), torch.zeros_like(best))
     return out
+
+
+def metrics_from_ranks(
+    ranks: torch.Tensor, ks: tuple[int, ...] = DEFAULT_KS, n_targets: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Average Recall/Precision/NDCG/Hit/MRR@K over rows from 0-based target ranks (see :func:`row_metrics`)."""
+    return {name: v.mean().item() for name, v in row_metrics(ranks, ks, n_targets).items()}
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Mean of ``a − b`` over the same rows (two rankers' per-row values of one metric) and its standard
+    error: ``{"diff", "se", "rows"}``. Pairing removes the spread between users that both rankers share,
+    so the error is much smaller than that of two separate means; :func:`interval` turns it into a
+    normal two-sided interval. With fewer than two rows the error is infinite."""
+    d = (torch.as_tensor(a).double() - torch.as_tensor(b).double()).flatten()
+    n = d.numel()
+    se = d.std(unbiased=True).item() / math.sqrt(n) if n >= 2 else math.inf
+    return {"diff": d.mean().item() if n else 0.0, "se": se, "rows": n}
+
+
+def interval(d: dict[str, float], confidence: float) -> tuple[float, float]:
+    """The two-sided normal interval of a :func:`paired_difference` at ``confidence`` (0 → the point)."""
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * d["se"] if confidence > 0 else 0.0
+    return d["diff"] - half, d["diff"] + half
 
 
 def evaluate_embeddings(

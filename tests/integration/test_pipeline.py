@@ -144,6 +144,9 @@ def test_production_better_on_the_new_data_blocks_a_worse_candidate(world):
     ev = json.loads((out / "runs" / "day2-weak" / "evaluation.json").read_text())
     assert ev["dataset_fingerprint"] != Registry(out / "registry").get("sasrec:v1").meta["dataset_fingerprint"]
     assert ev["production"]["tag"] == "recall-sasrec:v1" and ev["production"]["test"]["ndcg@10"] > 0
+    d = ev["production"]["difference"]["test"]["ndcg@10"]  # paired over the same rows: the gap of the means
+    assert d["diff"] == pytest.approx(ev["test"]["ndcg@10"] - ev["production"]["test"]["ndcg@10"]) and d["se"] > 0
+    assert not verdict["promotion"]["recommended"]
     checks = {c["name"]: c for c in verdict["checks"]}
     overall = checks["no regression vs recall-sasrec:v1 on ndcg@10"]
     assert overall["status"] == "failed" and overall["threshold"] == pytest.approx(

@@ -1,6 +1,7 @@
 """Slices of the evaluated rows and sliced metrics, on hand-worked cases (components.compare)."""
 
 import numpy as np
+import pytest
 import torch
 
 from components import compare
@@ -41,3 +42,8 @@ def test_sliced_metrics_are_the_metrics_of_the_slice_rows():
     assert out["a"]["candidate"]["mrr@10"] == (1 + 1 / 2) / 2
     assert out["b"]["candidate"]["recall@10"] == 0.5 and out["b"]["production"]["recall@1"] == 1.0
     assert out["b"]["candidate"]["ndcg@10"] == (1 / np.log2(11)) / 2
+    # Paired differences per slice: a: hit@10 (1, 1) − (0, 1) = (1, 0): mean 0.5, sd √0.5, se 0.5.
+    d = out["a"]["difference"]["hit@10"]
+    assert d == {"diff": 0.5, "se": pytest.approx(0.5), "rows": 2}
+    assert out["b"]["difference"]["mrr@1"]["diff"] == -1.0 and out["b"]["difference"]["mrr@1"]["se"] == 0.0
+    assert "difference" not in out["empty"]

@@ -65,6 +65,43 @@ def test_production_is_compared_whatever_data_it_was_trained_on():
     assert {c["status"] for c in v["checks"] if "recall-sasrec:v3" in c["name"]} == {"failed"}
 
 
+def _diff(d, se, rows=2000):
+    return {"diff": d, "se": se, "rows": rows}
+
+
+def test_a_regression_must_be_significant_to_block():
+    metrics = {"recall@20": 0.30, "ndcg@10": 0.10, "mrr@10": 0.08}
+    worse = {**metrics, "recall@20": 0.28}  # −6.7 %: below the 2 % bar (0.294)
+    noisy = {"tag": "v3", "metrics": metrics, "difference": {"recall@20": _diff(-0.02, 0.011)}}  # 95 %: ±0.0216
+    v = evaluate_gate(worse, POP, GateConfig(), noisy)
+    check = by_name(v)["no regression vs v3 on recall@20"]
+    assert v["passed"] and check["status"] == "passed" and check["detail"].endswith(": not significant")
+    assert "difference -0.0200 [-0.0416, +0.0016] at 95% over 2000 rows" in check["detail"]
+    sure = {**noisy, "difference": {"recall@20": _diff(-0.02, 0.009)}}  # ±0.0176: the interval is under 0
+    assert not evaluate_gate(worse, POP, GateConfig(), sure)["passed"]
+    # At confidence 0 the point estimate alone decides; at 99 % even the second one is noise.
+    assert not evaluate_gate(worse, POP, GateConfig(confidence=0), noisy)["passed"]
+    assert evaluate_gate(worse, POP, GateConfig(confidence=0.99), sure)["passed"]
+    # Significant but within the tolerance passes: registering tolerates a small real dip.
+    dip = {**metrics, "recall@20": 0.297}
+    assert evaluate_gate(dip, POP, GateConfig(), {**noisy, "difference": {"recall@20": _diff(-0.003, 0.001)}})["passed"]
+    with pytest.raises(ValueError, match="gate.confidence"):
+        GateConfig(confidence=1.0)
+
+
+def test_production_is_replaced_only_by_a_significantly_better_candidate():
+    prod = {"tag": "v3", "metrics": CAND, "difference": {"recall@20": _diff(0.02, 0.011)}}
+    better = {**CAND, "recall@20": 0.32}
+    p = evaluate_gate(better, POP, GateConfig(), prod)["promotion"]
+    assert not p["recommended"] and p["why"] == ("recall@20 +0.0200 [-0.0016, +0.0416] vs v3 over 2000 rows: "
+                                                 "not significantly better")  # fmt: skip
+    prod["difference"]["recall@20"] = _diff(0.02, 0.009)
+    assert evaluate_gate(better, POP, GateConfig(), prod)["promotion"]["recommended"]
+    assert evaluate_gate(CAND, POP, GateConfig())["promotion"] == {"recommended": True, "why": "nothing in production"}
+    weak = {**CAND, "ndcg@10": 0.01}  # loses to popularity: never replaces anything
+    assert evaluate_gate(weak, POP, GateConfig(), prod)["promotion"]["recommended"] is False
+
+
 SLICES = {
     "history=1-4": {"rows": 120, "candidate": {**CAND, "ndcg@10": 0.05}, "production": CAND, "popularity": POP},
     "item=new": {"rows": 12, "candidate": {**CAND, "ndcg@10": 0.0}, "production": CAND, "popularity": POP},

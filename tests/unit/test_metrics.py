@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from models.metrics import evaluate_embeddings, metrics_from_ranks, target_ranks, topk
+from models.metrics import (
+    evaluate_embeddings,
+    interval,
+    metrics_from_ranks,
+    paired_difference,
+    row_metrics,
+    target_ranks,
+    topk,
+)
 
 
 def items(scores):
@@ -57,6 +65,25 @@ def test_metric_values_hand_worked():
     assert m["ndcg@5"] == pytest.approx((1.0 + 1 / math.log2(5)) / 2)
     assert m["mrr@5"] == pytest.approx((1.0 + 1 / 4) / 2)
     assert m["mrr@1"] == pytest.approx(0.5)
+
+
+def test_paired_difference_and_its_interval_hand_worked():
+    # Per-row hits of two rankers on the same 4 rows: d = (1, 0, 0, 1), mean 0.5, sd √(1/3), se √(1/3)/2.
+    a, b = torch.tensor([1.0, 0, 1, 1]), torch.tensor([0.0, 0, 1, 0])
+    d = paired_difference(a, b)
+    assert d["diff"] == 0.5 and d["rows"] == 4 and d["se"] == pytest.approx(math.sqrt(1 / 3) / 2)
+    lo, hi = interval(d, 0.95)
+    assert lo == pytest.approx(0.5 - 1.959964 * math.sqrt(1 / 3) / 2) and hi - 0.5 == pytest.approx(0.5 - lo)
+    assert interval(d, 0.0) == (0.5, 0.5)
+    assert paired_difference(a[:1], b[:1])["se"] == math.inf  # one row: no interval
+
+
+def test_row_metrics_average_to_the_metrics():
+    ranks = torch.tensor([0, 3, 50])
+    rows, means = row_metrics(ranks, (5,)), metrics_from_ranks(ranks, (5,))
+    assert rows["ndcg@5"].tolist() == pytest.approx([1.0, 1 / math.log2(5), 0.0])
+    assert rows["mrr@5"].tolist() == pytest.approx([1.0, 0.25, 0.0])
+    assert {k: v.mean().item() for k, v in rows.items()} == means
 
 
 def test_multi_target_ndcg_and_recall():
