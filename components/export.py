@@ -241,6 +241,7 @@ def export(
                 f"{which} tower of {model.name}: ONNX differs from PyTorch by {p.max_abs_diff:.3g} "
                 f"(tolerance {p.tolerance:g}) on batches of {p.batch_sizes}"
             )
+    write_probe(model, user_batches[-1], item_batches[-1], out / PROBE)
     write_vocab(enc, out / "vocab")
     spec = feature_spec(model, enc, max_len)
     for i in spec["user_inputs"]:
@@ -248,6 +249,42 @@ def export(
             i["dynamic_length"] = record["dynamic_sequence_length"]
     (out / "feature_spec.json").write_text(json.dumps(spec, indent=2))
     return record
+
+
+PROBE = "probe.npz"  # a few real inputs per tower and PyTorch's outputs for them
+PROBE_ROWS = 8
+PROBE_TOLERANCE = 1e-3  # max |ONNX − stored output|: far above float noise, far below any weight change
+
+
+@torch.no_grad()
+def write_probe(model: RecallModel, users: Batch, items: Batch, path: Path) -> None:
+    """The first rows of a real user and item batch and PyTorch's tower outputs for them, so that loading
+    a version can run its ONNX towers and catch weights changed after export (:func:`check_probe`)."""
+    arrays: dict[str, np.ndarray] = {}
+    for which, batch in (("user", users), ("item", items)):
+        rows = {name: x[:PROBE_ROWS] for name, x in batch.items()}
+        ref = model.user_tower(rows) if which == "user" else model.item_tower(rows)
+        arrays |= {f"{which}/{name}": x.numpy() for name, x in rows.items()}
+        arrays[f"{which}/__output__"] = ref.float().numpy()
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def check_probe(directory: Path) -> list[str]:
+    """Runs both ONNX towers of an exported version on its probe inputs; a problem per tower whose
+    outputs differ from the stored ones by more than :data:`PROBE_TOLERANCE`."""
+    problems = []
+    with np.load(directory / PROBE, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for which in ("user", "item"):
+        inputs = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{which}/") and "__" not in k}
+        out = run_tower(session(directory / f"{which}_tower.onnx", quiet=True), inputs)
+        ref = arrays[f"{which}/__output__"]
+        diff = float(np.abs(out - ref).max()) if out.shape == ref.shape else float("inf")
+        if not diff <= PROBE_TOLERANCE:
+            problems.append(f"{which}_tower.onnx: outputs on the export probe differ by {diff:.3g} "
+                            f"(> {PROBE_TOLERANCE:g}): the weights changed after export")  # fmt: skip
+    return problems
 
 
 def _export_user_tower(model: RecallModel, data: SequenceData, users: torch.Tensor, sample: Batch, path: Path) -> bool:

@@ -82,13 +82,24 @@ def code_version() -> str:
         return "unknown"
 
 
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+
+
 def parse_ref(ref: str) -> tuple[str, str | None]:
-    """``recall-sasrec:v3`` / ``sasrec:v3`` / ``sasrec`` (latest) → (model, version or None)."""
-    name, _, version = ref.partition(":")
+    """``recall-sasrec:v3`` / ``sasrec:v3`` / ``sasrec`` (latest) → (model, version or None). Names are
+    lower-case letters, digits and ``_``, versions ``v<N>``: nothing else, so a reference can never
+    name a path outside the registry (``recall-../x:.`` is refused)."""
+    name, _, version = str(ref).strip().partition(":")
     name = name.removeprefix(TAG_PREFIX)
-    if not name:
+    if not _NAME.match(name) or (version and not _VERSION.match(version)):
         raise ValueError(f"bad model reference {ref!r}; expected e.g. recall-sasrec:v3, sasrec:v3 or sasrec")
     return name, version or None
+
+
+def canonical(ref: str) -> str | None:
+    """The canonical tag ``recall-<model>:v<N>`` when ``ref`` names a version, None for the latest form."""
+    name, version = parse_ref(ref)
+    return None if version is None else f"{TAG_PREFIX}{name}:{version}"
 
 
 @dataclass
@@ -171,8 +182,15 @@ def verify(path: str | Path) -> list[str]:
     if problems:
         return problems
 
+    # Structure: every key serving reads is there, so a version cannot fail later, at request time.
+    try:
+        spec = json.loads((path / "feature_spec.json").read_text())
+    except json.JSONDecodeError as e:
+        return [f"feature_spec.json: not valid JSON ({e})"]
+    problems += _structure(meta, spec, path)
+    if problems:
+        return problems
     # Consistency: dimensions, counts and input names must agree across the files.
-    spec = json.loads((path / "feature_spec.json").read_text())
     dim = int(meta.get("embedding_dim", -1))
     for tower in ("user", "item"):
         f = path / f"{tower}_tower.onnx"
@@ -188,6 +206,13 @@ def verify(path: str | Path) -> list[str]:
             problems.append(f"{f.name}: inputs {names} do not match feature_spec.json {expected}")
         if out_shape and isinstance(out_shape[-1], int) and out_shape[-1] != dim:
             problems.append(f"{f.name}: output dimension {out_shape[-1]} != model.json embedding_dim {dim}")
+    if not problems and (path / "probe.npz").is_file():  # (versions exported before probes: skipped)
+        from .export import check_probe
+
+        try:
+            problems += check_probe(path)
+        except Exception as e:  # noqa: BLE001 - a probe that cannot run is a version that cannot be trusted
+            problems.append(f"probe.npz: the towers cannot run on it ({str(e).splitlines()[0][:200]})")
     from . import index as idx
 
     try:
@@ -204,6 +229,44 @@ def verify(path: str | Path) -> list[str]:
         problems.append(f"item_ids.npy maps {len(ids)} items but index.faiss holds {ix.ntotal}")
     if len(np.unique(ids)) != len(ids):
         problems.append("item_ids.npy has duplicate item ids")
+    return problems
+
+
+def _structure(meta: Any, spec: Any, path: Path) -> list[str]:
+    """Missing or mistyped keys of model.json and feature_spec.json, and unreadable vocabularies."""
+    if not isinstance(meta, dict):
+        return ["model.json: not a JSON object"]
+    if not isinstance(spec, dict):
+        return ["feature_spec.json: not a JSON object"]
+    problems = [f"model.json: missing {k!r}" for k in ("name", "version", "embedding_dim", "index") if k not in meta]
+    index = meta.get("index")
+    if "index" in meta and not (isinstance(index, dict) and isinstance(index.get("config"), dict)
+                                and isinstance(index.get("report"), dict) and "kind" in index["report"]):  # fmt: skip
+        problems.append("model.json: 'index' needs 'config' and 'report' with 'kind'")
+    if "embedding_dim" in meta and (not isinstance(meta["embedding_dim"], int) or meta["embedding_dim"] < 1):
+        problems.append(f"model.json: embedding_dim must be a positive integer, got {meta['embedding_dim']!r}")
+    if not isinstance(spec.get("max_len"), int) or spec["max_len"] < 1:
+        problems.append(f"feature_spec.json: max_len must be a positive integer, got {spec.get('max_len')!r}")
+    for tower in ("user", "item"):
+        inputs = spec.get(f"{tower}_inputs")
+        if not isinstance(inputs, list) or not all(isinstance(i, dict) and "name" in i and "source" in i
+                                                   for i in inputs):  # fmt: skip
+            problems.append(f"feature_spec.json: {tower}_inputs must be a list of {{name, source, …}}")
+            continue
+    vocabs = {"vocab/item_id.npy", "vocab/user_id.npy"}  # always read (raw id → tower index)
+    for tower in ("user", "item"):
+        vocabs |= {i["vocab"] for i in spec.get(f"{tower}_inputs") or [] if isinstance(i, dict) and i.get("vocab")}
+    for vocab in sorted(vocabs):
+        f = path / str(vocab)
+        if not f.resolve().is_relative_to(path.resolve()):
+            problems.append(f"feature_spec.json: vocabulary {vocab!r} lies outside the version directory")
+            continue
+        try:
+            values = json.loads(f.read_text()) if f.suffix == ".json" else np.load(f, allow_pickle=False)
+            if len(values) == 0:
+                raise ValueError("empty")
+        except Exception as e:  # noqa: BLE001 - any failure means serving could not encode the input
+            problems.append(f"{vocab}: unreadable vocabulary ({str(e).splitlines()[0][:200]})")
     return problems
 
 
@@ -254,7 +317,14 @@ class Registry:
         return p
 
     def get(self, ref: str) -> ModelVersion:
-        return load(self.path(ref))
+        """The verified version ``ref`` names; its model.json must name the directory it lies in (a copied
+        version directory is refused, not served under the other version's tag)."""
+        path = self.path(ref)
+        mv = load(path)
+        if (mv.name, mv.version) != (path.parent.name, path.name):
+            raise VersionError(f"refusing model version {path}: model.json names {mv.tag}, not "
+                               f"{TAG_PREFIX}{path.parent.name}:{path.name} (a copied directory?)")  # fmt: skip
+        return mv
 
     def find(self, model: str, **fields: Any) -> ModelVersion | None:
         """The newest version of ``model`` whose model.json has all these values (e.g. ``run_key=…``), or None."""

@@ -20,6 +20,7 @@ first that enrols the user decides; everyone else gets ``default``.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,22 @@ def parse(data: Any) -> Routing:
             raise RoutingError(f"{where}: traffic must be a percentage 0..100, got {traffic!r}")
         experiments.append(Experiment(name, str(_require(e, "salt", where)), tuple(variants), float(traffic)))
     return Routing(default, tuple(experiments))
+
+
+def rename(routing: Routing, names: dict[str, str]) -> Routing:
+    """The same routing with model references replaced by ``names`` (e.g. each spelling → its canonical
+    tag); references not in ``names`` stay as they are."""
+    experiments = tuple(
+        Experiment(e.name, e.salt, tuple(Variant(v.name, names.get(v.model, v.model), v.weight) for v in e.variants),
+                   e.traffic)  # fmt: skip
+        for e in routing.experiments
+    )
+    return Routing(names.get(routing.default, routing.default), experiments)
+
+
+def generation(routing: Routing) -> str:
+    """A short digest of the routing: every worker serving the same routing reports the same one."""
+    return hashlib.sha256(json.dumps(to_dict(routing), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load(path: str | Path) -> Routing:

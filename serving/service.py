@@ -25,6 +25,7 @@ import gc
 import json
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -34,14 +35,18 @@ import bentoml
 from pydantic import BaseModel, Field, StringConstraints
 
 from components import routing as rt
-from components.registry import ModelVersion, Registry, VersionError, load, load_from_bentoml
+from components.registry import ModelVersion, Registry, VersionError, load_from_bentoml
 
 from .logsink import ResponseLog
 from .state import PushJournal, ServingState, build_state
 
 logger = logging.getLogger("recall.serving")
 
-UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+# Canonical user ids only: by default ASCII digits without sign, underscores or leading zeros, below 10^18
+# (the online store's int64 key). Python's int() would accept "+5", "1_000", "007" and "١٢", aliasing one
+# person as several users, and a number ≥ 2^63 would break the store read of a whole batch.
+USER_ID_PATTERN = os.environ.get("RECALL_USER_ID_PATTERN", r"^(0|[1-9][0-9]{0,17})$")
+UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=USER_ID_PATTERN)]
 K = Annotated[int, Field(ge=1, le=1000, description="how many items, 1..1000")]
 
 REQUESTS = bentoml.metrics.Counter(
@@ -59,8 +64,15 @@ CACHE = bentoml.metrics.Gauge(name="recall_cache_hit_rate", documentation="resul
 RELOADS = bentoml.metrics.Counter(name="recall_reloads_total", documentation="routing reloads", labelnames=["result"])
 
 
+AnyId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+CANONICAL_ID = re.compile(USER_ID_PATTERN)
+
+
 class RecallRequest(BaseModel):
-    user_id: UserId
+    """One user of /recall_batch. Its id is checked per entry: a bad one gets its own error entry and
+    never fails the other users of the call (/recall refuses it with a 400)."""
+
+    user_id: AnyId
     k: K = 100
     context: dict[str, Any] | None = None
     exclude_seen: bool = True
@@ -90,10 +102,10 @@ def resolver(registry_root: str):
 
     def resolve(tag: str) -> ModelVersion:
         try:
-            path = reg.path(tag)
+            reg.path(tag)
         except VersionError:  # not in this registry: the BentoML model store may have it
             return load_from_bentoml(tag)
-        return load(path)  # present: verified here, and a broken one is refused, not looked up elsewhere
+        return reg.get(tag)  # present: verified here, and a broken one is refused, not looked up elsewhere
 
     return resolve
 
@@ -107,7 +119,14 @@ class Controller:
         self.cache_entries = int(_env("RECALL_CACHE_ENTRIES", "10000"))
         self.cache_ttl = float(_env("RECALL_CACHE_TTL_S", "60"))
         self._reload_lock = threading.Lock()
-        self.state: ServingState = self._build(None)
+        self.last_error: dict[str, Any] | None = None  # the last rejected reload: when and why
+        try:
+            self.state: ServingState = self._build(None)
+        except Exception as e:  # noqa: BLE001 - up and saying why beats a crash loop; the watcher retries
+            path = Path(self.routing_path)
+            mtime = path.stat().st_mtime if path.exists() else 0.0
+            self.state = ServingState.empty(self.routing_path, mtime, f"{type(e).__name__}: {e}")
+            self._rejected(str(e))
         gc.collect()
         gc.freeze()  # long-lived objects (Feast, torch, the indexes) out of every later collection: fewer pauses
         self._feature_store = None
@@ -123,40 +142,50 @@ class Controller:
     def _build(self, previous: ServingState | None) -> ServingState:
         return build_state(self.routing_path, self.resolve, previous, 1, self.cache_entries, self.cache_ttl)
 
+    def _rejected(self, why: str) -> None:
+        RELOADS.labels(result="rejected").inc()
+        self.last_error = {"at": time.time(), "error": why}
+        logger.error("routing reload rejected, keeping the current routing: %s", why)
+
     def reload(self) -> dict[str, Any]:
-        """Builds a new state from the routing file and swaps it in; a malformed file keeps the old one."""
+        """Builds a new state from the routing file and swaps it in. Anything that goes wrong — a malformed
+        file, a default version that cannot be served, any exception while loading — rejects the new
+        state (raised as :class:`routing.RoutingError`, recorded in ``last_error``) and keeps the old one."""
         with self._reload_lock:
             try:
                 new = self._build(self.state)
-            except rt.RoutingError as e:
-                RELOADS.labels(result="rejected").inc()
-                logger.error("routing reload rejected, keeping the current routing: %s", e)
-                raise
+            except Exception as e:  # noqa: BLE001 - see the docstring
+                why = str(e) if isinstance(e, rt.RoutingError) else f"{type(e).__name__}: {e}"
+                self._rejected(why)
+                raise rt.RoutingError(why) from e
             if not new.ready:
-                RELOADS.labels(result="rejected").inc()
-                msg = f"default version {new.routing.default} cannot be served: {new.failures.get(new.routing.default)}"
-                logger.error("routing reload rejected, keeping the current routing: %s", msg)
-                raise rt.RoutingError(msg)
+                why = f"default version {new.routing.default} cannot be served: {new.failures.get(new.routing.default)}"
+                self._rejected(why)
+                if not self.state.ready:
+                    self.state = new  # nothing was served before either: keep the newer reason in /readyz
+                raise rt.RoutingError(why)
             self.state = new  # atomic reference swap: in-flight requests keep the state they took
             gc.freeze()  # the loaded versions are long-lived: keep them out of the collector's scans
+            self.last_error = None
             RELOADS.labels(result="ok").inc()
-            logger.info(
-                "routing reloaded: default %s, %d experiment(s)", new.routing.default, len(new.routing.experiments)
-            )
+            logger.info("routing reloaded: default %s, %d experiment(s), generation %s", new.routing.default,
+                        len(new.routing.experiments), new.generation)  # fmt: skip
             return new.status()
 
     def _watch(self, interval: float) -> None:
+        """Reloads when the routing file changes. Nothing escapes the loop: a thread that died would leave
+        this worker on its old routing for good while /readyz said ready."""
+        seen = self.state.mtime
         while True:
             time.sleep(interval)
             try:
                 mtime = Path(self.routing_path).stat().st_mtime
-            except OSError:
+                if mtime in (seen, self.state.mtime):
+                    continue
+                seen = mtime  # one attempt per change of the file (a broken file is not retried every second)
+                self.reload()
+            except Exception:  # noqa: BLE001, S112 - reload() already logged and recorded why
                 continue
-            if mtime != self.state.mtime:
-                try:
-                    self.reload()
-                except rt.RoutingError:
-                    self.state.mtime = mtime  # do not retry the same broken file every second
 
     def nudge_other_workers(self) -> None:
         """Each worker process holds its own state; bumping the file's mtime makes the other workers'
@@ -232,8 +261,10 @@ class ControlMiddleware:
             body = {
                 "ready": st.ready,
                 "default": st.routing.default,
+                "routing_generation": st.generation,
                 "loaded": list(st.retrievers),
                 "failed": st.failures,
+                "last_reload_error": ctl.last_error,
             }
             return await _json(send, 200 if st.ready else 503, body)
         if path == "/status" and ctl is not None:
@@ -331,7 +362,14 @@ class RecallService:
         groups: dict[str, list[int]] = {}
         plans = []
         self.ctl.forget_pushed(state)
+        bad = 0
         for i, r in enumerate(reqs):
+            if not CANONICAL_ID.fullmatch(r.user_id):
+                out[i] = {"items": [], "model": None, "variant": None, "experiment": None, "fallback": None,
+                          "error": f"user_id {r.user_id!r} should match pattern {USER_ID_PATTERN!r}"}  # fmt: skip
+                plans.append(None)
+                bad += 1
+                continue
             a, retriever, flag = state.route(r.user_id)
             user = str(int(r.user_id)) if r.user_id.isdigit() else r.user_id  # as pushes name them
             key = (retriever.tag, user, r.k, r.exclude_seen, json.dumps(r.context or {}, sort_keys=True))
@@ -355,27 +393,35 @@ class RecallService:
             if not numeric:
                 continue
             try:
-                feats = self.ctl.online(users, retriever.feature_refs)
-                results = retriever.recall(
-                    users, feats, [reqs[i].k for i in numeric], [reqs[i].exclude_seen for i in numeric], now
-                )
+                found = self._recall(retriever, users, [reqs[i] for i in numeric], now)
+                results = dict(zip(numeric, found, strict=True))
             except Exception as e:  # noqa: BLE001 - a failing dependency must not fail the request
-                # Serve the popularity list, flagged, and log the error: the A/B report's error-rate
-                # guardrail counts these records.
-                logger.exception("recall failed for %d user(s) on %s; serving popularity", len(numeric), tag)
-                for i in numeric:
+                logger.exception("recall failed for %d user(s) on %s", len(numeric), tag)
+                results = {}
+                errors.update({i: f"{type(e).__name__}: {e}"[:300] for i in numeric})
+                if len(numeric) > 1:  # one at a time: one user's failure never changes another's answer
+                    for i, u in zip(numeric, users, strict=True):
+                        try:
+                            results[i] = self._recall(retriever, [u], [reqs[i]], now)[0]
+                            errors.pop(i)
+                        except Exception as e1:  # noqa: BLE001
+                            errors[i] = f"{type(e1).__name__}: {e1}"[:300]
+            for i in numeric:
+                if i in results:
+                    out[i] = self._response(plans[i], results[i])
+                    state.cache.put(plans[i][3], out[i], plans[i][4])  # not if a push dropped the user meanwhile
+                else:  # the popularity list, flagged: the A/B report's error-rate guardrail counts these
                     out[i] = self._response(plans[i], retriever.popularity(reqs[i].k)) | {"fallback": "error"}
-                    errors[i] = f"{type(e).__name__}: {e}"[:300]
-                continue
-            for i, res in zip(numeric, results, strict=True):
-                out[i] = self._response(plans[i], res)
-                state.cache.put(plans[i][3], out[i], plans[i][4])  # not if a push dropped the user meanwhile
         elapsed = time.perf_counter() - t0
         if not log:
             return out  # type: ignore[return-value]
         CACHE.set(state.cache.hit_rate)
+        if bad:
+            logger.warning("recall_batch: %d of %d user ids refused (not canonical)", bad, len(reqs))
         for i, r in enumerate(reqs):
             resp = out[i]
+            if plans[i] is None:
+                continue
             REQUESTS.labels(
                 experiment=resp["experiment"] or "",
                 variant=resp["variant"],
@@ -398,6 +444,10 @@ class RecallService:
                 }
             )
         return out  # type: ignore[return-value]
+
+    def _recall(self, retriever, users: list[int], reqs: list[RecallRequest], now: float) -> list:
+        feats = self.ctl.online(users, retriever.feature_refs)
+        return retriever.recall(users, feats, [r.k for r in reqs], [r.exclude_seen for r in reqs], now)
 
     @staticmethod
     def _response(plan, res, unknown: bool = False) -> dict[str, Any]:

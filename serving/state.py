@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from components import routing as rt
-from components.registry import ModelVersion, VersionError
+from components.registry import ModelVersion, VersionError, canonical
 
 from .retriever import Retriever
 
@@ -166,9 +166,18 @@ class ServingState:
     cache: ResultCache = field(default_factory=ResultCache)
     loaded_at: float = field(default_factory=time.time)
 
+    @classmethod
+    def empty(cls, source: str, mtime: float, reason: str) -> ServingState:
+        """Nothing to serve (the routing file could not be loaded at start-up): up, not ready, saying why."""
+        return cls(rt.Routing(default=""), {}, {"routing": reason}, source, mtime)
+
     @property
     def ready(self) -> bool:
         return self.routing.default in self.retrievers
+
+    @property
+    def generation(self) -> str:
+        return rt.generation(self.routing) if self.routing.default else "none"
 
     def route(self, user_id: str) -> tuple[rt.Assignment, Retriever, str | None]:
         """The user's assignment and the retriever that serves it. A variant whose version failed to
@@ -183,7 +192,7 @@ class ServingState:
         return {
             "ready": self.ready,
             "routing": rt.to_dict(self.routing),
-            "routing_file": self.source,
+            "routing_generation": self.generation,
             "loaded": {tag: r.describe() for tag, r in self.retrievers.items()},
             "failed": self.failures,
             "loaded_at": self.loaded_at,
@@ -199,25 +208,38 @@ def build_state(
     cache_entries: int = 10_000,
     cache_ttl_s: float = 60.0,
 ) -> ServingState:
-    """Loads the routing file and every version it names. Versions already loaded by ``previous`` are
-    reused (a version directory never changes once written); each new one is verified by the registry
-    and, if broken, recorded in ``failures`` and never routed to. Raises :class:`routing.RoutingError`
-    for a malformed file (the caller keeps the previous state)."""
+    """Loads the routing file and every version it names, each spelling (``sasrec:v2``, the latest form
+    ``recall-sasrec``, ``recall-sasrec:v2``) resolved once, here, to the version's canonical tag: the
+    state's routing and retrievers are keyed by that tag only, so a request can never look up a name
+    that was not loaded. Versions already loaded by ``previous`` are reused (a version directory never
+    changes once written); each new one is verified by the registry and, if anything at all goes wrong
+    loading it, recorded in ``failures`` with the reason and never routed to. Raises
+    :class:`routing.RoutingError` for a malformed file (the caller keeps the previous state)."""
     path = Path(routing_path)
     mtime = path.stat().st_mtime if path.exists() else 0.0
     routing = rt.load(path)
     retrievers: dict[str, Retriever] = {}
     failures: dict[str, str] = {}
-    for tag in routing.models():
-        if previous is not None and tag in previous.retrievers:
-            retrievers[tag] = previous.retrievers[tag]
-            continue
+    names: dict[str, str] = {}
+    reuse = previous.retrievers if previous is not None else {}
+    for ref in routing.models():
         try:
-            retrievers[tag] = Retriever(resolve(tag), threads)
-            logger.info("loaded %s", tag)
-        except (VersionError, OSError, RuntimeError, ValueError) as e:
-            failures[tag] = str(e)
-            logger.error("refusing %s: %s", tag, e)
+            tag = canonical(ref)
+            if tag is not None and tag in reuse:  # already verified and loaded: no second verification
+                names[ref] = tag
+                retrievers[tag] = reuse[tag]
+                continue
+            mv = resolve(ref)
+            if tag is not None and mv.tag != tag:
+                raise VersionError(f"{ref} resolved to a version whose model.json names {mv.tag}")
+            names[ref] = mv.tag
+            if mv.tag not in retrievers:
+                retrievers[mv.tag] = reuse.get(mv.tag) or Retriever(mv, threads)
+                logger.info("loaded %s%s", mv.tag, "" if ref == mv.tag else f" (routing says {ref})")
+        except Exception as e:  # noqa: BLE001 - whatever breaks a version, the others and the service carry on
+            failures[ref] = str(e) if isinstance(e, VersionError) else f"{type(e).__name__}: {e}"
+            logger.error("refusing %s: %s", ref, failures[ref])
+    routing = rt.rename(routing, names)
     if routing.default not in retrievers:
         logger.error("the default version %s is not available: not ready", routing.default)
     return ServingState(routing, retrievers, failures, str(path), mtime, ResultCache(cache_entries, cache_ttl_s))

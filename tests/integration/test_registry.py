@@ -186,6 +186,40 @@ def test_feature_spec_that_disagrees_with_the_tower_is_refused(registry, tmp_pat
         load(v)
 
 
+@pytest.mark.parametrize("tower", ["user", "item"])
+def test_weights_changed_after_export_are_refused_even_with_matching_checksums(registry, tmp_path, tower):
+    import onnx
+    from onnx import numpy_helper
+
+    v = _copy(registry, tmp_path)
+    assert (v / "probe.npz").is_file()
+    model = onnx.load(v / f"{tower}_tower.onnx")
+    big = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # an embedding table
+    w = numpy_helper.to_array(big).copy()
+    big.CopyFrom(numpy_helper.from_array(-w, big.name))  # flipped weights: the graph still loads
+    onnx.save(model, v / f"{tower}_tower.onnx")
+    _rewrite_checksum(v, f"{tower}_tower.onnx")
+    with pytest.raises(VersionError, match=rf"{tower}_tower.onnx: outputs on the export probe differ by .*"
+                                           "the weights changed after export"):  # fmt: skip
+        load(v)
+
+
+def test_structural_damage_is_refused_naming_the_file_and_key(registry, tmp_path):
+    v = _copy(registry, tmp_path)
+    meta = json.loads((v / "model.json").read_text())
+    (v / "model.json").write_text(json.dumps({k: x for k, x in meta.items() if k != "embedding_dim"}))
+    spec = json.loads((v / "feature_spec.json").read_text())
+    (v / "feature_spec.json").write_text(json.dumps({**spec, "user_inputs": "hist_item_ids"}))
+    (v / "vocab" / "item_id.npy").write_bytes(b"\x93NUMPY broken")
+    for name in ("feature_spec.json", "vocab/item_id.npy"):
+        _rewrite_checksum(v, name)
+    with pytest.raises(VersionError) as e:
+        load(v)
+    for fragment in ("model.json: missing 'embedding_dim'", "feature_spec.json: user_inputs must be a list",
+                     "vocab/item_id.npy: unreadable vocabulary"):  # fmt: skip
+        assert fragment in str(e.value), str(e.value)
+
+
 def _crash_mid_write(root):
     def fill(staging):
         (staging / "user_tower.onnx").write_bytes(b"partial")

@@ -232,7 +232,7 @@ def test_bad_event_pushes_get_a_4xx_that_says_what_is_wrong(server, events, head
 def test_unknown_users_get_the_popularity_fallback(server, world):
     mv = world["registry"].get("recall-sasrec:v1")
     popular = [str(mv.item_ids[r]) for r in np.argsort(-np.load(mv.path / "popularity.npy"), kind="stable")[:5]]
-    for user in ("987654321", "not-a-number"):
+    for user in ("987654321", "0"):
         resp = _recall(server, user, k=5)
         assert resp["fallback"] == "popularity" and [x["item_id"] for x in resp["items"]] == popular
 
@@ -249,6 +249,8 @@ def test_unknown_users_get_the_popularity_fallback(server, world):
         ({"user_id": "1", "k": "ten"}, "valid integer"),
         ({"user_id": "1", "exclude_seen": "maybe"}, "valid boolean"),
         ({"user_id": "1", "context": [1, 2]}, "should be an object"),
+        # Only canonical ids: no aliases of user 5, 1000, 7 or 12, nothing beyond the store's int64 key.
+        *[({"user_id": u}, "should match pattern") for u in ("+5", "1_000", "007", "١٢", "1" * 19, "not-a-number")],
     ],
 )
 def test_malformed_requests_get_a_4xx_that_says_what_is_wrong(server, body, fragment):
@@ -273,6 +275,17 @@ def test_batch_endpoint_matches_single_calls(server):
     got = r.json()
     assert [g["items"] for g in got] == [_recall(server, q["user_id"], k=10)["items"] for q in reqs]
     assert got[-1]["fallback"] == "popularity"
+
+
+def test_a_batch_with_bad_ids_answers_the_good_ones_normally(server):
+    reqs = [{"user_id": "1", "k": 5}, {"user_id": "1_000", "k": 5}, {"user_id": "9" * 25, "k": 5},
+            {"user_id": "2", "k": 5}]  # fmt: skip
+    r = requests.post(f"{server}/recall_batch", json={"requests": reqs}, timeout=10)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [g["items"] for g in got[::3]] == [_recall(server, u, k=5)["items"] for u in ("1", "2")]
+    assert all(g.get("error") is None and g["items"] for g in got[::3])
+    assert "'1_000' should match pattern" in got[1]["error"] and got[2]["error"] and not got[1]["items"]
 
 
 def test_metrics_log_and_cache(server, world):
@@ -495,3 +508,136 @@ def test_a_failing_feature_store_serves_flagged_popularity_and_logs_the_error(wo
     assert resp["fallback"] == "error" and len(resp["items"]) == 5
     (record,) = read_response_log(tmp_path / "responses.jsonl")
     assert record["error"] == "ConnectionError: online store unreachable" and record["user_id"] == "3"
+
+
+# --- faults: odd version references, broken versions, a reload that cannot die -------------------------
+def _converged(url, generation, n=30, timeout=30.0):
+    """True once ``n`` /readyz answers in a row (new connections: both workers) report ``generation``."""
+    deadline, streak = time.time() + timeout, 0
+    while time.time() < deadline and streak < n:
+        body = requests.get(f"{url}/readyz", timeout=5).json()
+        streak = streak + 1 if body["routing_generation"] == generation else 0
+    return streak >= n
+
+
+def _broken_copy(reg, version, mutate):
+    """recall-sasrec:v1 copied to ``version`` (model.json says so), ``mutate(dir, meta)`` applied and every
+    checksum recomputed: only the structure or contents are wrong, as after a careless hand edit."""
+    from components.registry import sha256
+
+    src, dst = reg.root / "sasrec" / "v1", reg.root / "sasrec" / version
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "model.json").read_text())
+    meta.update(version=version, tag=f"recall-sasrec:{version}")
+    mutate(dst, meta)
+    meta["checksums"] = {name: sha256(dst / name) for name in meta["checksums"] if (dst / name).exists()}
+    (dst / "model.json").write_text(json.dumps(meta))
+    return f"recall-sasrec:{version}"
+
+
+def _drop_spec_key(d, meta):
+    spec = json.loads((d / "feature_spec.json").read_text())
+    del spec["max_len"]
+    (d / "feature_spec.json").write_text(json.dumps(spec))
+
+
+def _flip_user_tower(d, meta):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(d / "user_tower.onnx")
+    big = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    big.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(big), big.name))
+    onnx.save(model, d / "user_tower.onnx")
+
+
+BROKEN = {  # version → (how it is broken, what the refusal must name)
+    "v11": (_drop_spec_key, "feature_spec.json: max_len"),
+    "v12": (lambda d, meta: meta.pop("index"), "model.json: missing 'index'"),
+    "v13": (lambda d, meta: (d / "vocab" / "user_id.npy").write_bytes(b"garbage"), "vocab/user_id.npy: unreadable"),
+    "v14": (lambda d, meta: (d / "user_tower.onnx").write_bytes((d / "user_tower.onnx").read_bytes()[:999]),
+            "user_tower.onnx: not a loadable ONNX model"),  # fmt: skip
+    "v15": (lambda d, meta: (d / "index.faiss").write_bytes(b"\0" * 64), "index.faiss: not a readable Faiss index"),
+    "v17": (_flip_user_tower, "user_tower.onnx: outputs on the export probe differ"),
+}
+
+
+def test_every_spelling_of_a_version_is_served_under_its_canonical_tag(server, world):
+    doc = {"default": "mind", "experiments": [{"name": "spell", "salt": "s9", "variants": [
+        {"name": "short", "model": "sasrec:v1", "weight": 1},
+        {"name": "full", "model": "recall-sasrec:v2", "weight": 1},
+        {"name": "latest", "model": "recall-mind", "weight": 1}]}]}  # fmt: skip
+    canonical = rt.rename(rt.parse(doc), {"mind": "recall-mind:v1", "sasrec:v1": "recall-sasrec:v1",
+                                          "recall-mind": "recall-mind:v1"})  # fmt: skip
+    try:
+        _routing(world["routing"], doc)
+        assert _converged(server, rt.generation(canonical)), requests.get(f"{server}/readyz", timeout=5).json()
+        answers = [_recall(server, u, k=3) for u in range(1, 41)]
+        assert {a["model"] for a in answers} == {"recall-sasrec:v1", "recall-sasrec:v2", "recall-mind:v1"}
+        assert all(a["fallback"] is None and a["items"] for a in answers)
+        status = requests.get(f"{server}/status", timeout=5).json()
+        assert status["routing"]["default"] == "recall-mind:v1" and status["failed"] == {}
+    finally:
+        _restore(server, world)
+
+
+def test_broken_versions_are_refused_naming_the_file_and_reloads_keep_working(server, world):
+    reg = world["registry"]
+    tags = {v: _broken_copy(reg, v, mutate) for v, (mutate, _) in BROKEN.items()}
+    shutil.copytree(reg.root / "sasrec" / "v1", reg.root / "sasrec" / "v16")  # a copied directory: names v1
+    odd = {"recall-sasrec:v16": "model.json names recall-sasrec:v1", "recall-../x:.": "bad model reference"}
+    variants = [{"name": "control", "model": "recall-sasrec:v1", "weight": 1}] + [
+        {"name": f"b{i}", "model": ref, "weight": 1} for i, ref in enumerate([*tags.values(), *odd])]  # fmt: skip
+    doc = {"default": "recall-sasrec:v1", "experiments": [{"name": "faults", "salt": "f", "variants": variants}]}
+    try:
+        _routing(world["routing"], doc)
+        assert _converged(server, rt.generation(rt.parse(doc)))
+        failed = requests.get(f"{server}/readyz", timeout=5).json()["failed"]
+        expected = {tags[v]: fragment for v, (_, fragment) in BROKEN.items()} | odd
+        assert set(failed) == set(expected), failed
+        for ref, fragment in expected.items():
+            assert fragment in failed[ref], (ref, failed[ref])
+        answers = [_recall(server, u, k=3) for u in range(1, 41)]  # never a 5xx: broken variants → the default
+        assert {a["model"] for a in answers} == {"recall-sasrec:v1"}
+        assert {a["fallback"] for a in answers if a["variant"] != "control"} == {"variant_unavailable"}
+
+        # A broken default is rejected in every worker: the old routing keeps serving, /readyz says why.
+        generation = rt.generation(rt.parse(doc))
+        _routing(world["routing"], {"default": tags["v11"], "experiments": []})
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            bodies = [requests.get(f"{server}/readyz", timeout=5).json() for _ in range(10)]
+            if all(b["last_reload_error"] for b in bodies):
+                break
+            time.sleep(0.3)
+        assert all(b["ready"] and b["routing_generation"] == generation for b in bodies)
+        assert all("feature_spec.json: max_len" in b["last_reload_error"]["error"] for b in bodies), bodies[0]
+        assert _recall(server, 1, k=3)["model"] == "recall-sasrec:v1"
+        # The watchers survived: a good routing still takes effect in every worker.
+        _routing(world["routing"], {"default": "recall-sasrec:v2", "experiments": []})
+        assert _converged(server, rt.generation(rt.parse({"default": "recall-sasrec:v2"})))
+        assert requests.get(f"{server}/readyz", timeout=5).json()["last_reload_error"] is None
+    finally:
+        _restore(server, world)
+        for v in [*BROKEN, "v16"]:
+            shutil.rmtree(reg.root / "sasrec" / v, ignore_errors=True)
+
+
+def test_a_worker_starts_up_on_a_broken_or_missing_routing_and_says_why(world, tmp_path, monkeypatch):
+    from serving.service import Controller
+
+    routing = tmp_path / "routing.yaml"
+    monkeypatch.setenv("RECALL_ROUTING", str(routing))
+    monkeypatch.setenv("RECALL_REGISTRY", str(world["registry"].root))
+    monkeypatch.setenv("RECALL_FEATURE_DIR", str(world["features"]))
+    monkeypatch.setenv("RECALL_WATCH_INTERVAL_S", "0")
+    ctl = Controller()  # no routing file at all: up, not ready
+    assert not ctl.state.ready and "does not exist" in ctl.state.failures["routing"] and ctl.last_error
+    _routing(routing, {"default": "recall-sasrec:v3", "experiments": []})  # the truncated user tower
+    with pytest.raises(rt.RoutingError, match="user_tower.onnx"):
+        ctl.reload()
+    assert not ctl.state.ready and "user_tower.onnx" in ctl.state.failures["recall-sasrec:v3"]
+    _routing(routing, {"default": "sasrec:v1", "experiments": []})
+    assert ctl.reload()["ready"] and ctl.state.routing.default == "recall-sasrec:v1" and ctl.last_error is None
+    ctl2 = Controller()  # starting on a good file serves at once
+    assert ctl2.state.ready and ctl2.state.generation == ctl.state.generation

@@ -93,6 +93,35 @@ def test_round_trip_and_models():
     assert r.models() == ["recall-sasrec:v3", "recall-sasrec:v4"]
 
 
+def test_rename_to_canonical_tags_and_the_generation_follows_the_content():
+    short = {**AB, "default": "sasrec:v3"}
+    r = rt.rename(rt.parse(short), {"sasrec:v3": "recall-sasrec:v3"})
+    assert r == rt.parse(AB)  # the default renamed; variants not in the mapping untouched
+    assert rt.generation(r) == rt.generation(rt.parse(AB)) and len(rt.generation(r)) == 12
+    assert rt.generation(rt.parse({"default": "recall-sasrec:v4"})) != rt.generation(r)
+
+
+@pytest.mark.parametrize(
+    "ref,parsed",
+    [("recall-sasrec:v3", ("sasrec", "v3")), ("sasrec:v3", ("sasrec", "v3")), ("youtube_dnn", ("youtube_dnn", None)),
+     (" recall-mind ", ("mind", None))],
+)  # fmt: skip
+def test_version_references_parse_to_a_model_and_version(ref, parsed):
+    from components.registry import canonical, parse_ref
+
+    assert parse_ref(ref) == parsed
+    assert canonical(ref) == (None if parsed[1] is None else f"recall-{parsed[0]}:{parsed[1]}")
+
+
+@pytest.mark.parametrize("ref", ["recall-../x:.", "../../etc", "sasrec:v1/../../x", "sasrec:latest", "", "recall-",
+                                 "SASRec:v1", "sasrec:v-1", "a" * 65])  # fmt: skip
+def test_version_references_that_could_leave_the_registry_are_refused(ref):
+    from components.registry import parse_ref
+
+    with pytest.raises(ValueError, match="bad model reference"):
+        parse_ref(ref)
+
+
 def test_load_reports_missing_and_invalid_files(tmp_path):
     with pytest.raises(rt.RoutingError, match="does not exist"):
         rt.load(tmp_path / "none.yaml")
