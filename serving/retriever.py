@@ -52,10 +52,13 @@ class Retriever:
         return Result([str(self.item_ids[r]) for r in rows], [0.0] * len(rows), "popularity")
 
     def recall(
-        self, users: list[int], feats: dict[str, list], ks: list[int], exclude_seen: list[bool], now_s: float
+        self, users: list[int], feats: dict[str, list], ks: list[int], exclude_seen: list[bool],
+        now_s: float | list[float],
     ) -> list[Result]:
         """Top-k raw item ids per user, without the items they have seen (their whole seen set and
-        history) where ``exclude_seen``. Users without history get the popularity fallback."""
+        history) where ``exclude_seen``. Users without history get the popularity fallback. ``now_s``:
+        the moment of the request (one for all users, or one each) — history ages and context inputs."""
+        now = np.broadcast_to(np.asarray(now_s, dtype=np.float64), (len(users),))
         results: list[Result | None] = [None] * len(users)
         known = [i for i, h in enumerate(feats["hist_item_ids"]) if h]
         for i in range(len(users)):
@@ -63,7 +66,7 @@ class Retriever:
                 results[i] = self.popularity(ks[i])
         if known:
             sub = {name: [vals[i] for i in known] for name, vals in feats.items()}
-            x = self.encoder.encode([users[i] for i in known], sub, now_s)
+            x = self.encoder.encode([users[i] for i in known], sub, now[known])
             q = run_tower(self.session, x)
             everything = feats.get("seen_item_ids") or [None] * len(users)
             seen = [

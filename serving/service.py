@@ -22,17 +22,19 @@ versions not found there come from the BentoML model store), ``RECALL_FEATURE_DI
 from __future__ import annotations
 
 import gc
+import hmac
 import json
 import logging
 import os
 import re
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from components import routing as rt
 from components.registry import ModelVersion, Registry, VersionError, load_from_bentoml
@@ -68,13 +70,23 @@ AnyId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 CANONICAL_ID = re.compile(USER_ID_PATTERN)
 
 
+class Context(BaseModel):
+    """The request's context. Its one field is the moment whose hour, weekday, weekend and month feed a
+    model's context inputs (``model_params.context``; :mod:`feature_repo.context`): by default the
+    request time; a ranking tier precomputing for later, or a replay, names its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    time: float | None = Field(None, ge=0, le=4_102_444_800, description="unix seconds (default: now)")
+
+
 class RecallRequest(BaseModel):
     """One user of /recall_batch. Its id is checked per entry: a bad one gets its own error entry and
-    never fails the other users of the call (/recall refuses it with a 400)."""
+    never fails the other users of the call (/recall refuses it with a 400). Unknown fields are refused."""
 
+    model_config = ConfigDict(extra="forbid")
     user_id: AnyId
     k: K = 100
-    context: dict[str, Any] | None = None
+    context: Context | None = None
     exclude_seen: bool = True
 
 
@@ -85,6 +97,7 @@ FUTURE_SLACK_S = 300  # an event stamped later than this is a clock or client bu
 
 
 class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     user_id: RawId
     item_id: RawId
     timestamp: float | None = Field(None, ge=0, description="unix seconds; default: when it arrives")
@@ -239,23 +252,51 @@ class Controller:
 CONTROLLER: Controller | None = None  # the worker's controller, for the control middleware
 
 
+API_ROUTES = ("/recall", "/recall_batch", "/events")  # JSON in, JSON out
+READ_ROUTES = ("/readyz", "/status")
+
+
+class TokenGuard:
+    """A bearer token compared in constant time (scheme case-insensitive), and a per-worker limit on
+    failed attempts: after ``max_fails`` within ``window_s`` every attempt gets a 429 with
+    ``Retry-After`` until the window has passed."""
+
+    def __init__(self, env: str, max_fails: int = 10, window_s: float = 60.0):
+        self.env, self.max_fails, self.window_s = env, max_fails, window_s
+        self.fails: deque[float] = deque()
+
+    def retry_after(self) -> int:
+        now = time.monotonic()
+        while self.fails and now - self.fails[0] > self.window_s:
+            self.fails.popleft()
+        return int(self.window_s - (now - self.fails[0])) + 1 if len(self.fails) >= self.max_fails else 0
+
+    def allows(self, header: str | None, token: str) -> bool:
+        scheme, _, value = (header or "").strip().partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+        if not ok:
+            self.fails.append(time.monotonic())
+        return ok
+
+
 class ControlMiddleware:
     """ASGI middleware in front of BentoML's routes: JSON ``/readyz`` (BentoML's own says only yes/no),
-    ``/status``, ``POST /admin/reload`` with a bearer token, and 413 for oversized bodies."""
+    ``/status`` and ``POST /admin/reload`` (admin token), the ``/events`` token, JSON-only API bodies
+    (415 otherwise), and the body limit on the bytes actually read — chunked or not (413)."""
 
     def __init__(self, app, max_body: int | None = None):
         self.app = app
         self.max_body = max_body or int(_env("RECALL_MAX_BODY_BYTES", str(1 << 20)))
+        self.guards = {env: TokenGuard(env) for env in ("RECALL_ADMIN_TOKEN", "RECALL_INGEST_TOKEN")}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
-        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await _json(send, 413, {"error": f"request body of {length} bytes exceeds {self.max_body}"})
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         ctl = CONTROLLER
+        if path in READ_ROUTES and method not in ("GET", "HEAD"):
+            return await _refuse(send, 405, f"use GET {path}", path)
         if path == "/readyz" and ctl is not None:
             st = ctl.state
             body = {
@@ -267,22 +308,17 @@ class ControlMiddleware:
                 "last_reload_error": ctl.last_error,
             }
             return await _json(send, 200 if st.ready else 503, body)
-        if path == "/status" and ctl is not None:
-            return await _json(send, 200, ctl.state.status())
-        if path == "/events":
-            token = os.environ.get("RECALL_INGEST_TOKEN")
-            if not token:
-                return await _json(send, 403, {"error": "event ingestion is disabled: RECALL_INGEST_TOKEN is not set"})
-            if headers.get("authorization") != f"Bearer {token}":
-                return await _json(send, 401, {"error": "missing or wrong bearer token"})
+        if path == "/status" and ctl is not None:  # routing salts predict assignment: operators only
+            if await self._authorised(send, headers, "RECALL_ADMIN_TOKEN", path):
+                return await _json(send, 200, {**ctl.state.status(), "last_reload_error": ctl.last_error})
+            return None
+        if path == "/events" and not await self._authorised(send, headers, "RECALL_INGEST_TOKEN", path):
+            return None
         if path == "/admin/reload":
             if method != "POST":
-                return await _json(send, 405, {"error": "use POST /admin/reload"})
-            token = os.environ.get("RECALL_ADMIN_TOKEN")
-            if not token:
-                return await _json(send, 403, {"error": "admin reload is disabled: RECALL_ADMIN_TOKEN is not set"})
-            if headers.get("authorization") != f"Bearer {token}":
-                return await _json(send, 401, {"error": "missing or wrong bearer token"})
+                return await _refuse(send, 405, "use POST /admin/reload", path)
+            if not await self._authorised(send, headers, "RECALL_ADMIN_TOKEN", path):
+                return None
             if ctl is None:
                 return await _json(send, 503, {"error": "service not initialised"})
             import anyio
@@ -293,18 +329,89 @@ class ControlMiddleware:
                 return await _json(send, 400, {"error": str(e)})
             ctl.nudge_other_workers()
             return await _json(send, 200, status)
+        if method in ("POST", "PUT", "PATCH"):
+            if path in API_ROUTES:
+                ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+                if ctype != "application/json":
+                    return await _refuse(send, 415, f"{path} takes application/json, not {ctype!r}", path)
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body:
+                return await _refuse(send, 413, f"request body of {length} bytes exceeds {self.max_body}", path)
+            body = bytearray()  # read it all here: a chunked body has no Content-Length to check
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                body += message.get("body", b"")
+                if len(body) > self.max_body:
+                    return await _refuse(send, 413, f"request body exceeds {self.max_body} bytes", path)
+                more = message.get("more_body", False)
+            receive = _replay(bytes(body), receive)
         return await self.app(scope, receive, send)
 
+    async def _authorised(self, send, headers: dict[str, str], env: str, path: str) -> bool:
+        """Answers the refusal itself (403 disabled, 429 too many failures, 401 wrong) and returns False."""
+        token = os.environ.get(env)
+        if not token:
+            await _refuse(send, 403, f"{path} is disabled: {env} is not set", path)
+            return False
+        guard = self.guards[env]
+        wait = guard.retry_after()
+        if wait:
+            retry = [(b"retry-after", str(wait).encode())]
+            await _refuse(send, 429, f"too many failed attempts; retry in {wait} s", path, retry)
+            return False
+        if not guard.allows(headers.get("authorization"), token):
+            await _refuse(send, 401, "missing or wrong bearer token", path)
+            return False
+        return True
 
-async def _json(send, status: int, body: dict[str, Any]) -> None:
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # (the disconnect, when it comes)
+
+    return replayed
+
+
+async def _refuse(send, status: int, error: str, path: str, extra: list | None = None) -> None:
+    logger.warning("%d on %s: %s", status, path, error)  # one line, no traceback: the client's mistake
+    await _json(send, status, {"error": error}, extra)
+
+
+class OneLineClientErrors(logging.Filter):
+    """BentoML logs every rejected request — a validation error, invalid JSON — at ERROR with a full
+    traceback. The client's mistake becomes one WARNING line saying what was wrong; real errors (5xx)
+    keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from pydantic import ValidationError
+
+        code = getattr(getattr(exc, "error_code", None), "value", 500)
+        if isinstance(exc, ValidationError) or (isinstance(exc, bentoml.exceptions.BentoMLException) and code < 500):
+            what = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3]) if isinstance(
+                exc, ValidationError) else str(exc)  # fmt: skip
+            message = record.getMessage().replace("Exception on", "bad request on")
+            record.msg, record.args = "%s: %s", (message, what.splitlines()[0][:300] if what else type(exc).__name__)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+async def _json(send, status: int, body: dict[str, Any], extra_headers: list | None = None) -> None:
     data = json.dumps(body, default=str).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -331,6 +438,7 @@ class RecallService:
         # Requests are the parallelism: one Faiss thread per search (OpenMP teams for a single query
         # cost more than they save and spin on the cores the other requests need).
         faiss.omp_set_num_threads(int(_env("RECALL_FAISS_THREADS", "1")))
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(OneLineClientErrors())
         self.ctl = Controller()
         CONTROLLER = self.ctl
         # One file per worker process (rotation is not safe across processes); the A/B reader merges them.
@@ -372,7 +480,8 @@ class RecallService:
                 continue
             a, retriever, flag = state.route(r.user_id)
             user = str(int(r.user_id)) if r.user_id.isdigit() else r.user_id  # as pushes name them
-            key = (retriever.tag, user, r.k, r.exclude_seen, json.dumps(r.context or {}, sort_keys=True))
+            moment = r.context.time if r.context is not None else None
+            key = (retriever.tag, user, r.k, r.exclude_seen, moment)  # (no moment: the cache's TTL bounds the drift)
             plans.append((a, retriever, flag, key, state.cache.version(user)))
             cached = state.cache.get(key)
             if cached is not None:
@@ -447,7 +556,8 @@ class RecallService:
 
     def _recall(self, retriever, users: list[int], reqs: list[RecallRequest], now: float) -> list:
         feats = self.ctl.online(users, retriever.feature_refs)
-        return retriever.recall(users, feats, [r.k for r in reqs], [r.exclude_seen for r in reqs], now)
+        moments = [now if r.context is None or r.context.time is None else r.context.time for r in reqs]
+        return retriever.recall(users, feats, [r.k for r in reqs], [r.exclude_seen for r in reqs], moments)
 
     @staticmethod
     def _response(plan, res, unknown: bool = False) -> dict[str, Any]:
@@ -462,7 +572,7 @@ class RecallService:
 
     @bentoml.api(route="/recall")
     async def recall(
-        self, user_id: UserId, k: K = 100, context: dict[str, Any] | None = None, exclude_seen: bool = True
+        self, user_id: UserId, k: K = 100, context: Context | None = None, exclude_seen: bool = True
     ) -> dict[str, Any]:
         """Top-k items for one user from the version the routing assigns to them."""
         # ~1 ms of CPU-bound work (GIL held throughout): run inline on the event loop rather than
@@ -503,3 +613,6 @@ class RecallService:
 
 
 RecallService.add_asgi_middleware(ControlMiddleware)
+for _api in ("recall", "recall_batch", "events"):  # a typo'd field ("K": 5) is a 400, never silently ignored
+    RecallService.apis[_api].input_spec.model_config["extra"] = "forbid"
+    RecallService.apis[_api].input_spec.model_rebuild(force=True)

@@ -35,6 +35,7 @@ SMALL = [
     f"train.max_len={L}",
 ]
 TOKEN = "test-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 INGEST = {"Authorization": "Bearer ingest-token"}
 
 
@@ -249,6 +250,9 @@ def test_unknown_users_get_the_popularity_fallback(server, world):
         ({"user_id": "1", "k": "ten"}, "valid integer"),
         ({"user_id": "1", "exclude_seen": "maybe"}, "valid boolean"),
         ({"user_id": "1", "context": [1, 2]}, "should be an object"),
+        ({"user_id": "1", "K": 5}, "Extra inputs are not permitted"),  # a typo'd field is not ignored
+        ({"user_id": "1", "context": {"hour": 3}}, "Extra inputs are not permitted"),
+        ({"user_id": "1", "context": {"time": -1}}, "greater than or equal to 0"),
         # Only canonical ids: no aliases of user 5, 1000, 7 or 12, nothing beyond the store's int64 key.
         *[({"user_id": u}, "should match pattern") for u in ("+5", "1_000", "007", "١٢", "1" * 19, "not-a-number")],
     ],
@@ -258,14 +262,30 @@ def test_malformed_requests_get_a_4xx_that_says_what_is_wrong(server, body, frag
     assert 400 <= r.status_code < 500 and fragment in r.text, (r.status_code, r.text)
 
 
-def test_broken_bodies_and_oversized_requests_are_refused(server):
+def test_broken_bodies_and_oversized_requests_are_refused(server, world):
+    log = world["dir"] / "serve.log"
+    before = log.stat().st_size
     r = requests.post(f"{server}/recall", data=b"{not json", headers={"content-type": "application/json"}, timeout=10)
     assert r.status_code == 400 and "Invalid JSON" in r.text
+    r = requests.post(f"{server}/recall", json={"user_id": "1", "k": "ten"}, timeout=10)
+    assert r.status_code == 400
+    time.sleep(0.5)
+    added = log.read_bytes()[before:].decode(errors="replace")
+    assert added.count("bad request on /recall") == 2 and "Traceback" not in added, added[-3000:]  # one line each
     r = requests.post(
         f"{server}/recall", data=b"x" * (2 << 20), headers={"content-type": "application/json"}, timeout=10
     )
     assert r.status_code == 413 and "exceeds" in r.text
-    assert _recall(server, 1, k=3)["items"]  # still serving
+
+    def chunks():  # no Content-Length: the limit holds on the bytes read
+        for _ in range(40):
+            yield b" " * 65536
+
+    r = requests.post(f"{server}/recall", data=chunks(), headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == 413 and "exceeds" in r.text, (r.status_code, r.text)
+    r = requests.post(f"{server}/recall", files={"user_id": (None, "1")}, timeout=10)  # multipart
+    assert r.status_code == 415 and "application/json" in r.text
+    assert _recall(server, 1, k=3, context={"time": 1_700_000_000})["items"]  # still serving
 
 
 def test_batch_endpoint_matches_single_calls(server):
@@ -376,7 +396,7 @@ def test_hot_reload_under_load_drops_nothing(server, world):
         _restore(server, world)
     assert load.failures == [], load.failures[:5]
     assert len(load.models) > 50
-    status = requests.get(f"{server}/status", timeout=5).json()
+    status = requests.get(f"{server}/status", headers=ADMIN, timeout=5).json()
     assert json.dumps(status["routing"])  # the service reports what it serves
 
 
@@ -575,7 +595,7 @@ def test_every_spelling_of_a_version_is_served_under_its_canonical_tag(server, w
         answers = [_recall(server, u, k=3) for u in range(1, 41)]
         assert {a["model"] for a in answers} == {"recall-sasrec:v1", "recall-sasrec:v2", "recall-mind:v1"}
         assert all(a["fallback"] is None and a["items"] for a in answers)
-        status = requests.get(f"{server}/status", timeout=5).json()
+        status = requests.get(f"{server}/status", headers=ADMIN, timeout=5).json()
         assert status["routing"]["default"] == "recall-mind:v1" and status["failed"] == {}
     finally:
         _restore(server, world)
@@ -641,3 +661,19 @@ def test_a_worker_starts_up_on_a_broken_or_missing_routing_and_says_why(world, t
     assert ctl.reload()["ready"] and ctl.state.routing.default == "recall-sasrec:v1" and ctl.last_error is None
     ctl2 = Controller()  # starting on a good file serves at once
     assert ctl2.state.ready and ctl2.state.generation == ctl.state.generation
+
+
+def test_admin_endpoints_need_the_token_and_refuse_guessing(server):
+    """(Last in the module: the guessing locks the admin token of each worker for a minute.)"""
+    assert requests.get(f"{server}/status", timeout=5).status_code == 401  # salts predict assignment
+    assert requests.get(f"{server}/status", headers={"Authorization": f"bearer {TOKEN}"}, timeout=5).status_code == 200
+    assert requests.post(f"{server}/readyz", timeout=5).status_code == 405
+    codes, retry = [], None
+    for i in range(40):  # new connections: both workers see guesses
+        r = requests.post(f"{server}/admin/reload", headers={"Authorization": f"Bearer guess-{i}"}, timeout=5)
+        codes.append(r.status_code)
+        retry = retry or r.headers.get("retry-after")
+    assert set(codes) == {401, 429} and codes[:10] == [401] * 10 and retry and 0 < int(retry) <= 61
+    # Locked out, the right token waits too; serving is untouched.
+    assert any(requests.get(f"{server}/status", headers=ADMIN, timeout=5).status_code == 429 for _ in range(10))
+    assert _recall(server, 1, k=3)["items"]
