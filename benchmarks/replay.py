@@ -19,8 +19,10 @@ but popularity.
 Per period: new events, new users and new items of the snapshot; the candidate's and production's test
 metrics on the same split; the gate verdict; promoted or not; the served model's hit rate (HR@K, seen
 items masked, every event of the next period whose user has a history) next to the previous served
-model's on the same events; wall time. Writes benchmarks/results/replay_<dataset>.json and an HTML
-report with the curves (benchmarks/results/replay_<dataset>.html).
+model's on the same events, and next to the newest registered candidate the rule held back (what
+promoting it would have given: was holding it back right?); wall time. Writes
+benchmarks/results/replay_<dataset>.json and an HTML report with the curves
+(benchmarks/results/replay_<dataset>.html).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def main() -> None:
     step = dt.timedelta(days=args.period or spec["period"])
     served: str | None = None
     previous_served: str | None = None
+    held: str | None = None  # the newest registered version that was not promoted
     periods: list[dict] = []
     for t in range(args.periods + 1):  # the last period only measures what was served during it
         day = start + t * step
@@ -129,13 +132,16 @@ def main() -> None:
             row["new_users"] = int((~tables.users.user_id.isin(prev.users.user_id)).sum())
             row["new_items"] = int((~tables.items.item_id.isin(prev.items.item_id)).sum())
             # What was served during the period that just ended, on its events, next to the one before it.
-            row["served"], row["previous_served"] = served, previous_served
-            now_hits, before = hits([served, previous_served], registry, tables, day - step, day, args.k)
+            row["served"], row["previous_served"], row["held"] = served, previous_served, held
+            now_hits, before, other = hits([served, previous_served, held], registry, tables, day - step, day, args.k)
             row["events_scored"] = 0 if now_hits is None else len(now_hits)
             row["served_hr"] = float(now_hits.mean()) if row["events_scored"] else None
             row["previous_hr"] = float(before.mean()) if before is not None and len(before) else None
             if row["previous_hr"] is not None:
                 row["hr_diff"], row["hr_diff_ci95"] = paired(now_hits, before)
+            if other is not None and len(other):
+                row["held_hr"] = float(other.mean())
+                row["held_diff"], row["held_diff_ci95"] = paired(other, now_hits)
         else:
             row["new_users"], row["new_items"] = len(tables.users), len(tables.items)
         row["snapshot_dir"] = snap["dir"]
@@ -159,7 +165,9 @@ def main() -> None:
             row["promotion"] = gate["promotion"]["why"]
             if gate["promotion"]["recommended"]:  # the promotion rule
                 atomic_write_text(routing, f"default: {tag}\nexperiments: []\n")
-                previous_served, served, row["promoted"] = served, tag, tag
+                previous_served, served, row["promoted"], held = served, tag, tag, None
+            else:
+                held = tag
         elif not train.ok and not gate:
             raise SystemExit(f"recall_training {run_name} ended {train.state}:\n{train.output[-3000:]}")
         row["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -168,8 +176,8 @@ def main() -> None:
 
     head = ("| period | date | new events | new users | new items | candidate ndcg@10 | production ndcg@10 "
             f"| gate | promoted | served HR@{args.k} (events) | previous served HR@{args.k} | difference (95 % CI) "
-            "| wall s |")  # fmt: skip
-    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+            f"| held-back candidate HR@{args.k}: minus served (95 % CI) | wall s |")  # fmt: skip
+    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
 
     def f(x, fmt=".4f"):
         return "–" if x is None else format(x, fmt)
@@ -180,7 +188,7 @@ def main() -> None:
             f"{r.get('new_items', 0):,} | {f(r.get('candidate_ndcg@10'))} | {f(r.get('production_ndcg@10'))} | "
             f"{r.get('gate', '–')} | {r.get('promoted') or '–'} | "
             f"{f(r.get('served_hr'))} ({r.get('events_scored', 0):,}) "
-            f"| {f(r.get('previous_hr'))} | {_diff(r)} | {r['wall_s']} |"
+            f"| {f(r.get('previous_hr'))} | {_diff(r)} | {_held(r)} | {r['wall_s']} |"
         )
     from components.config import load_config
 
@@ -188,16 +196,20 @@ def main() -> None:
     compared = [r for r in periods if r.get("hr_diff") is not None]
     worse = [r["period"] for r in compared if r["served_hr"] < r["previous_hr"] * (1 - tolerance)]
     significant = [r["period"] for r in compared if r["hr_diff"] + r["hr_diff_ci95"] < 0]
+    held = [r for r in periods if r.get("held_diff") is not None]
+    missed = [r["period"] for r in held if r["held_diff"] - r["held_diff_ci95"] > 0]
     verdict = (f"served model below the previous served model by more than {tolerance:.0%} in periods {worse or 'none'}"
                f" of {len(compared)} compared; significantly below (95 % CI of the paired difference under 0) in "
-               f"periods {significant or 'none'}")  # fmt: skip
+               f"periods {significant or 'none'}; a held-back candidate significantly better than the served model "
+               f"in periods {missed or 'none'} of {len(held)}")  # fmt: skip
     lines += ["", verdict]
     out = ROOT / "benchmarks" / "results" / f"replay_{args.dataset}.json"
     _report(periods, args, out.with_suffix(".html"), verdict)
     for r in periods:
         r.pop("snapshot_dir", None)
     write_result(out, "\n".join(lines), dataset=args.dataset, k=args.k, overrides=overrides, periods=periods,
-                 tolerance=tolerance, worse_than_tolerance=worse, significantly_worse=significant)  # fmt: skip
+                 tolerance=tolerance, worse_than_tolerance=worse, significantly_worse=significant,
+                 held_back_significantly_better=missed)  # fmt: skip
 
 
 def _diff(r: dict) -> str:
@@ -206,13 +218,20 @@ def _diff(r: dict) -> str:
     return f"{r['hr_diff']:+.4f} (±{r['hr_diff_ci95']:.4f})"
 
 
+def _held(r: dict) -> str:
+    if r.get("held_diff") is None:
+        return "–"
+    return f"{r['held'].split(':')[-1]} {r['held_hr']:.4f}: {r['held_diff']:+.4f} (±{r['held_diff_ci95']:.4f})"
+
+
 def _report(periods: list[dict], args, path: Path, verdict: str) -> None:
     from components.charts import CSS, line_chart
 
     def series(key: str) -> list[tuple[int, float]]:
         return [(r["period"], r[key]) for r in periods if r.get(key) is not None]
 
-    hr = {"served": series("served_hr"), "previous served": series("previous_hr")}
+    hr = {"served": series("served_hr"), "previous served": series("previous_hr"),
+          "held-back candidate": series("held_hr")}  # fmt: skip
     nd = {name: series(f"{name}_ndcg@10") for name in ("candidate", "production", "popularity")}
     path.write_text(
         f'<!doctype html><html><head><meta charset="utf-8"><title>Replay: {args.dataset}</title><style>{CSS}</style>'

@@ -209,6 +209,12 @@ class ReportConfig:
     sequential: bool = True  # promotion decisions use the always-valid test
     guardrails: Guardrails = field(default_factory=Guardrails)
 
+    def __post_init__(self) -> None:
+        from .routing import check_name
+
+        check_name(self.experiment, "experiment")  # it names the report files
+        check_name(self.control, "control variant")
+
 
 def _per_user(resp: pd.DataFrame, attributed: pd.DataFrame, k: int) -> pd.DataFrame:
     hits = attributed.groupby("response_id").size().rename("events")

@@ -91,7 +91,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     name a path outside the registry (``recall-../x:.`` is refused)."""
     name, _, version = str(ref).strip().partition(":")
     name = name.removeprefix(TAG_PREFIX)
-    if not _NAME.match(name) or (version and not _VERSION.match(version)):
+    if not _NAME.fullmatch(name) or (version and not _VERSION.fullmatch(version)):
         raise ValueError(f"bad model reference {ref!r}; expected e.g. recall-sasrec:v3, sasrec:v3 or sasrec")
     return name, version or None
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,16 @@ def assign(routing: Routing, user_id: str) -> Assignment:
     return Assignment(routing.default, None, "default")
 
 
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # experiment and variant names: they name report files
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it is a safe experiment/variant name (letters, digits, ``_``, ``-``; ≤ 64), else RoutingError."""
+    if not NAME.fullmatch(name):
+        raise RoutingError(f"{what} {name!r} must be letters, digits, '_' or '-' (at most 64, starting alphanumeric)")
+    return name
+
+
 def _require(d: dict[str, Any], key: str, where: str) -> Any:
     if key not in d or d[key] in (None, ""):
         raise RoutingError(f"{where}: missing {key!r}")
@@ -111,7 +122,7 @@ def parse(data: Any) -> Routing:
         where = f"experiments[{i}]"
         if not isinstance(e, dict):
             raise RoutingError(f"{where} must be a mapping")
-        name = str(_require(e, "name", where))
+        name = check_name(str(_require(e, "name", where)), f"{where}: experiment name")
         if name in names:
             raise RoutingError(f"{where}: duplicate experiment name {name!r}")
         names.add(name)
@@ -123,7 +134,8 @@ def parse(data: Any) -> Routing:
             weight = v.get("weight")
             if not isinstance(weight, int | float) or isinstance(weight, bool) or weight < 0:
                 raise RoutingError(f"{w}: weight must be a number ≥ 0, got {weight!r}")
-            variants.append(Variant(str(_require(v, "name", w)), str(_require(v, "model", w)), float(weight)))
+            vname = check_name(str(_require(v, "name", w)), f"{w}: variant name")
+            variants.append(Variant(vname, str(_require(v, "model", w)), float(weight)))
         if not variants or sum(v.weight for v in variants) <= 0:
             raise RoutingError(f"{where}: needs at least one variant with a positive weight")
         if len({v.name for v in variants}) != len(variants):

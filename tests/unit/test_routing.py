@@ -201,3 +201,19 @@ def test_response_log_merges_per_worker_files_by_time(tmp_path):
     a.flush()
     b.flush()
     assert [r["time"] for r in read(tmp_path / "r.jsonl")] == list(range(6))
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "-x", "x" * 65, "a b", "e\n"])
+def test_experiment_and_variant_names_that_could_name_other_files_are_refused(name):
+    from components.ab import ReportConfig
+
+    bad = {"default": "recall-sasrec:v3", "experiments": [{**AB["experiments"][0], "name": name}]}
+    with pytest.raises(rt.RoutingError, match="experiment name|missing 'name'"):
+        rt.parse(bad)
+    variant = {**AB["experiments"][0]["variants"][0], "name": name}
+    bad = {"default": "recall-sasrec:v3", "experiments": [{**AB["experiments"][0], "variants": [variant]}]}
+    with pytest.raises(rt.RoutingError, match="variant name|missing 'name'"):
+        rt.parse(bad)
+    if name:
+        with pytest.raises(rt.RoutingError, match="experiment"):
+            ReportConfig(experiment=name)
