@@ -1,9 +1,12 @@
 """Operator actions on the routing file: start an experiment, promote a variant, roll back.
 
-Every change rewrites the routing file atomically (temporary file in the same directory, fsync,
-rename), so a crash leaves the old file or the new one, never a partial one, and appends one JSON line
-to the audit log: who, when, what, why, the routing before and after, and the report relied on. The
-running service watches the file and follows by itself.
+Every change runs under the routing file's lock and first appends one JSON line to the audit log —
+who, when, what, why, the routing before and after, the report relied on — then rewrites the routing
+file atomically (temporary file in the same directory, fsync, rename). A crash between the two leaves
+an audit record whose change is not applied yet; the next change, under the same lock, finds the
+routing still equal to that record's ``before`` and applies its ``after`` first (roll forward), so the
+routing is always the serial application of the audit log. (A routing edited by hand since is left
+alone.) The running service watches the file and follows by itself.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import getpass
+import inspect
 import json
 import os
 import secrets
@@ -51,13 +55,35 @@ def _serialised(change):
     """Runs a routing change under the routing file's lock: read, decide, write and audit as one step,
     so two changes at once (an operator's promotion and the item-refresh DAG's swap) never lose one."""
 
+    signature = inspect.signature(change)
+
     @functools.wraps(change)
     def locked(routing_path, *args, **kwargs):
         path = Path(routing_path)
         with file_lock(path.with_name(f".{path.name}.lock")):
+            _recover(path, signature.bind(routing_path, *args, **kwargs).arguments["audit_log"])
             return change(routing_path, *args, **kwargs)
 
     return locked
+
+
+def _recover(path: Path, audit_log: str | Path) -> None:
+    """Applies the last audited change if a crash stopped it before the routing was written."""
+    entries = read_audit(audit_log)
+    if not entries or not path.exists():
+        return
+    last = entries[-1]
+    current = rt.to_dict(rt.load(path))
+    if "after" in last and current != last["after"] and current == last.get("before"):
+        _write(path, rt.parse(last["after"]))
+
+
+def _commit(path: Path, audit_log: str | Path, entry: dict[str, Any], before: rt.Routing, after: rt.Routing) -> None:
+    """The audit record first (with the whole new routing), then the routing file (see the module docstring)."""
+    text = yaml.safe_dump(rt.to_dict(after), sort_keys=False)
+    rt.parse(yaml.safe_load(text))  # never record or write what the service could not read
+    audit(audit_log, {**entry, "before": rt.to_dict(before), "after": rt.to_dict(after)})
+    _write(path, after)
 
 
 def _write(routing_path: Path, new: rt.Routing) -> None:
@@ -98,9 +124,8 @@ def start(
         (rt.Variant("control", current.default, 100 - weight), rt.Variant("treatment", challenger, weight)),
     )
     new = rt.Routing(current.default, (*current.experiments, exp))
-    _write(path, new)
-    audit(audit_log, {"action": "start", "experiment": name, "challenger": challenger, "weight": weight,
-                      "reason": reason, "before": rt.to_dict(current), "after": rt.to_dict(new)})  # fmt: skip
+    _commit(path, audit_log, {"action": "start", "experiment": name, "challenger": challenger, "weight": weight,
+                              "reason": reason}, current, new)  # fmt: skip
     return new
 
 
@@ -140,13 +165,12 @@ def promote(
             raise PromotionRefused(f"refusing to promote {variant} of {experiment}: {why}")
         verdict = why
     new = rt.Routing(chosen.model, tuple(e for e in current.experiments if e.name != experiment))
-    _write(path, new)
     summary = None
     if report is not None:
         summary = {"json": report.get("json"), "comparison": report.get("comparisons", {}).get(variant)}
-    audit(audit_log, {"action": "promote", "experiment": experiment, "variant": variant, "model": chosen.model,
-                      "previous_default": current.default, "forced": force, "reason": reason, "verdict": verdict,
-                      "report": summary, "before": rt.to_dict(current), "after": rt.to_dict(new)})  # fmt: skip
+    _commit(path, audit_log, {"action": "promote", "experiment": experiment, "variant": variant,
+                              "model": chosen.model, "previous_default": current.default, "forced": force,
+                              "reason": reason, "verdict": verdict, "report": summary}, current, new)  # fmt: skip
     return new
 
 
@@ -173,9 +197,7 @@ def swap(routing_path: str | Path, old: str, new: str, audit_log: str | Path, re
         return current  # swapped already (a retry): nothing to do
     if updated == current:
         raise PromotionRefused(f"the routing does not serve {old}; nothing to replace (it serves {current.models()})")
-    _write(path, updated)
-    audit(audit_log, {"action": "swap", "old": old, "new": new, "reason": reason,
-                      "before": rt.to_dict(current), "after": rt.to_dict(updated)})  # fmt: skip
+    _commit(path, audit_log, {"action": "swap", "old": old, "new": new, "reason": reason}, current, updated)
     return updated
 
 
@@ -199,7 +221,7 @@ def rollback(routing_path: str | Path, audit_log: str | Path, reason: str = "") 
     if target is None:
         raise PromotionRefused("nothing to roll back: no promotion in the audit log")
     new = rt.Routing(target["previous_default"], current.experiments)
-    _write(path, new)
-    audit(audit_log, {"action": "rollback", "undoes": target["time"], "restored_default": target["previous_default"],
-                      "reason": reason, "before": rt.to_dict(current), "after": rt.to_dict(new)})  # fmt: skip
+    entry = {"action": "rollback", "undoes": target["time"], "restored_default": target["previous_default"],
+             "reason": reason}  # fmt: skip
+    _commit(path, audit_log, entry, current, new)
     return new

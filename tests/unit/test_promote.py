@@ -89,7 +89,50 @@ def test_killing_a_promotion_midway_leaves_a_valid_routing_file(files):
     assert p.exitcode == 3
     assert routing.read_text() == before and rt.load(routing).experiments[0].name == "sasrec-v2"  # old, intact
     assert list(routing.parent.glob(".routing.yaml.*.tmp"))  # the half-done write is a separate file
-    assert [e["action"] for e in pr.read_audit(audit)] == ["start"]  # nothing recorded as done
+    # The audit record came first: the promotion is recorded and not applied yet. The next change, under
+    # the same lock, applies it before its own, so routing and audit agree again.
+    assert [e["action"] for e in pr.read_audit(audit)] == ["start", "promote"]
+    pr.rollback(routing, audit, reason="undo the forced promotion")
+    entries = pr.read_audit(audit)
+    assert [e["action"] for e in entries] == ["start", "promote", "rollback"]
+    _assert_serial(routing, entries)
+    assert rt.load(routing) == rt.Routing("recall-sasrec:v1")  # the promotion happened, then was undone
+
+
+def _assert_serial(routing, entries):
+    """The routing is the serial application of the audit log: each change starts where the last ended."""
+    for a, b in zip(entries, entries[1:], strict=False):
+        assert a["after"] == b["before"], (a["action"], b["action"])
+    assert rt.to_dict(rt.load(routing)) == entries[-1]["after"]
+
+
+def _hammer(routing, audit, i):
+    """One operator command of a crowd; refusals (no experiment to promote, nothing to roll back) are fine."""
+    try:
+        if i % 3 == 0:
+            pr.start(routing, f"recall-sasrec:v{10 + i}", 10, audit)
+        elif i % 3 == 1:
+            running = rt.load(routing).experiments
+            if running:
+                pr.promote(routing, running[0].name, "treatment", None, audit, force=True, reason=f"op {i}")
+        else:
+            pr.rollback(routing, audit, reason=f"op {i}")
+    except pr.PromotionRefused:
+        pass
+
+
+def test_twenty_concurrent_commands_leave_the_routing_equal_to_the_audit_log(files):
+    routing, audit = files
+    ctx = multiprocessing.get_context("fork")  # (the children only read and write files)
+    procs = [ctx.Process(target=_hammer, args=(routing, audit, i)) for i in range(20)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    entries = pr.read_audit(audit)
+    assert sum(e["action"] == "start" for e in entries) == 7  # every start lands (distinct challengers)
+    _assert_serial(routing, entries)
 
 
 def test_operator_walkthrough_on_the_cli(files, tmp_path):
