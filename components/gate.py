@@ -9,10 +9,11 @@ Three kinds of check on the candidate's metrics (test split by default, seen ite
   events (:mod:`components.compare`: production through its registered towers and index), so the
   comparison holds on every day's new data; with nothing in production it is ``skipped`` with the reason.
   A check fails when the candidate is below the allowed bar *and* significantly below production: the
-  paired difference over the same rows has its whole ``confidence`` interval under zero
-  (``confidence: 0`` fails on the point estimate alone). Retraining the same model on one more day of
-  data moves the metrics by more than a 2 % tolerance on a few thousand rows; blocking on that noise
-  would freeze whatever production happened to train well;
+  paired difference over the same rows has its whole two-sided ``confidence`` interval under zero — a
+  one-sided test at (1 + confidence) / 2, 97.5 % by default (``confidence: 0`` fails on the point
+  estimate alone). Checks are not corrected for their number (metrics × slices). Retraining the same
+  model on one more day of data moves the metrics by more than a 2 % tolerance on a few thousand rows;
+  blocking on that noise would freeze whatever production happened to train well;
 - **slices**: the same regression check per slice (``user=new``, ``history=1-4``, ``item=tail``, …)
   for the slices given a limit in ``slice_limits`` (``"*"``: every slice); a slice with fewer than
   ``min_slice_rows`` evaluated rows is too noisy to judge and is ``skipped``, saying so.
@@ -110,6 +111,8 @@ def promotion(verdict: dict[str, Any]) -> dict[str, Any]:
     if production is None:
         return {"recommended": True, "why": "nothing in production"}
     cfg = verdict["config"]
+    if not cfg["regression_metrics"]:
+        return {"recommended": False, "why": "gate.regression_metrics is empty: nothing to compare production on"}
     name = cfg["regression_metrics"][0]
     diff = (production.get("difference") or {}).get(name)
     if diff is None:

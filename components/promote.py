@@ -1,12 +1,14 @@
 """Operator actions on the routing file: start an experiment, promote a variant, roll back.
 
 Every change runs under the routing file's lock and first appends one JSON line to the audit log —
-who, when, what, why, the routing before and after, the report relied on — then rewrites the routing
-file atomically (temporary file in the same directory, fsync, rename). A crash between the two leaves
-an audit record whose change is not applied yet; the next change, under the same lock, finds the
-routing still equal to that record's ``before`` and applies its ``after`` first (roll forward), so the
-routing is always the serial application of the audit log. (A routing edited by hand since is left
-alone.) The running service watches the file and follows by itself.
+who, when, what, why, the routing file, the routing before and after, the report relied on — then
+rewrites the routing file atomically (temporary file in the same directory, fsync, rename), then
+appends a line marking the change applied (or aborted, if the write failed). A crash between record
+and mark leaves the change pending; the next change, under the same lock, settles it first: applies it
+if the routing is still its ``before`` (roll forward), marks it applied if the rename had happened,
+aborted if the file was edited by hand since. So the routing is always the serial application of the
+applied records, and ``rollback`` reads only those. The running service watches the file and follows
+by itself.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 import getpass
 import inspect
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -27,6 +30,8 @@ from . import routing as rt
 from .ab import decision
 from .registry import Registry, VersionError, atomic_write_text, file_lock
 
+logger = logging.getLogger(__name__)
+
 
 class PromotionRefused(RuntimeError):
     """The requested change is not allowed; the message says why."""
@@ -36,15 +41,43 @@ def audit(log: str | Path, entry: dict[str, Any]) -> None:
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     record = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "actor": _actor(), **entry}
+    torn = log.exists() and log.stat().st_size > 0 and _last_byte(log) != b"\n"
     with open(log, "a") as f:
-        f.write(json.dumps(record, default=str) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(record, default=str) + "\n")  # (end a line a crash tore)
         f.flush()
         os.fsync(f.fileno())
 
 
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
 def read_audit(log: str | Path) -> list[dict[str, Any]]:
+    """The audit log's change records, each with its ``state``: ``applied``, ``aborted`` (the routing
+    could not be written, or was edited by hand before a crashed change was recovered) or ``pending``
+    (recorded, not yet applied: a crash between the two; the next change completes it). A line torn by
+    a crash mid-append is skipped with a warning (the next append starts a new line)."""
     p = Path(log)
-    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
+    if not p.exists():
+        return []
+    lines = [x for x in p.read_text().splitlines() if x.strip()]
+    records, marks = [], {}
+    for n, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s:%d: skipping a torn audit line (a crash mid-append): %.80s", p, n, line)
+            continue
+        if "action" in rec:
+            records.append(rec)
+        for state in ("applied", "aborted"):
+            if state in rec:
+                marks[rec[state]] = state
+    for rec in records:  # (records written before change ids existed were applied with their line)
+        rec["state"] = marks.get(rec["id"], "pending") if "id" in rec else "applied"
+    return records
 
 
 def _actor() -> str:
@@ -68,22 +101,36 @@ def _serialised(change):
 
 
 def _recover(path: Path, audit_log: str | Path) -> None:
-    """Applies the last audited change if a crash stopped it before the routing was written."""
-    entries = read_audit(audit_log)
-    if not entries or not path.exists():
+    """Settles the last change recorded for this routing file if a crash left it pending: applies it when
+    the routing is still its ``before``, marks it applied when the rename happened, aborted otherwise
+    (the file was edited by hand since)."""
+    mine = [e for e in read_audit(audit_log) if e.get("routing") == str(path.resolve())]
+    if not mine or mine[-1]["state"] != "pending" or not path.exists():
         return
-    last = entries[-1]
+    last = mine[-1]
     current = rt.to_dict(rt.load(path))
-    if "after" in last and current != last["after"] and current == last.get("before"):
+    if current == last["before"]:
         _write(path, rt.parse(last["after"]))
+    elif current != last["after"]:
+        audit(audit_log, {"aborted": last["id"], "error": "the routing was edited by hand before recovery"})
+        return
+    audit(audit_log, {"applied": last["id"], "recovered": True})
 
 
 def _commit(path: Path, audit_log: str | Path, entry: dict[str, Any], before: rt.Routing, after: rt.Routing) -> None:
-    """The audit record first (with the whole new routing), then the routing file (see the module docstring)."""
+    """The audit record first (with the whole new routing), then the routing file, then a line saying it
+    was applied — or aborted, if writing the routing failed (see the module docstring)."""
     text = yaml.safe_dump(rt.to_dict(after), sort_keys=False)
     rt.parse(yaml.safe_load(text))  # never record or write what the service could not read
-    audit(audit_log, {**entry, "before": rt.to_dict(before), "after": rt.to_dict(after)})
-    _write(path, after)
+    change = secrets.token_hex(8)
+    audit(audit_log, {**entry, "id": change, "routing": str(path.resolve()), "before": rt.to_dict(before),
+                      "after": rt.to_dict(after)})  # fmt: skip
+    try:
+        _write(path, after)
+    except Exception as e:
+        audit(audit_log, {"aborted": change, "error": f"{type(e).__name__}: {e}"})
+        raise
+    audit(audit_log, {"applied": change})
 
 
 def _write(routing_path: Path, new: rt.Routing) -> None:
@@ -120,7 +167,7 @@ def start(
         raise PromotionRefused(f"an experiment named {name!r} is already running")
     exp = rt.Experiment(
         name,
-        secrets.token_hex(4),
+        secrets.token_hex(16),  # the salt decides every user's variant: not guessable
         (rt.Variant("control", current.default, 100 - weight), rt.Variant("treatment", challenger, weight)),
     )
     new = rt.Routing(current.default, (*current.experiments, exp))
@@ -206,7 +253,7 @@ def rollback(routing_path: str | Path, audit_log: str | Path, reason: str = "") 
     """Restores the default that the most recent promotion (not yet rolled back) replaced."""
     path = Path(routing_path)
     current = rt.load(path)
-    entries = read_audit(audit_log)
+    entries = [e for e in read_audit(audit_log) if e["state"] == "applied"]
     undone = 0
     target = None
     for e in reversed(entries):

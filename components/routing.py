@@ -159,8 +159,12 @@ def rename(routing: Routing, names: dict[str, str]) -> Routing:
 
 
 def generation(routing: Routing) -> str:
-    """A short digest of the routing: every worker serving the same routing reports the same one."""
-    return hashlib.sha256(json.dumps(to_dict(routing), sort_keys=True).encode()).hexdigest()[:12]
+    """A short digest of the routing: every worker serving the same routing reports the same one. The
+    salts are left out (it is shown on the open /readyz, and a salt predicts assignment)."""
+    doc = to_dict(routing)
+    for e in doc["experiments"]:
+        e.pop("salt")
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def load(path: str | Path) -> Routing:

@@ -29,7 +29,7 @@ import os
 import re
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -115,6 +115,8 @@ def _env(name: str, default: str) -> str:
 
 
 def resolver(registry_root: str):
+    """``resolve(ref)``: the verified version (the registry first, then the BentoML model store), and
+    ``tag_of(ref)``: the canonical tag a registry reference points to, without verifying anything."""
     reg = Registry(registry_root)
 
     def resolve(tag: str) -> ModelVersion:
@@ -124,7 +126,14 @@ def resolver(registry_root: str):
             return load_from_bentoml(tag)
         return reg.get(tag)  # present: verified here, and a broken one is refused, not looked up elsewhere
 
-    return resolve
+    def tag_of(ref: str) -> str | None:
+        try:
+            path = reg.path(ref)
+        except (VersionError, ValueError):
+            return None
+        return f"recall-{path.parent.name}:{path.name}"
+
+    return resolve, tag_of
 
 
 class Controller:
@@ -132,7 +141,7 @@ class Controller:
 
     def __init__(self) -> None:
         self.routing_path = _env("RECALL_ROUTING", "serving/routing.yaml")
-        self.resolve = resolver(_env("RECALL_REGISTRY", "runs/registry"))
+        self.resolve, self.tag_of = resolver(_env("RECALL_REGISTRY", "runs/registry"))
         self.cache_entries = int(_env("RECALL_CACHE_ENTRIES", "10000"))
         self.cache_ttl = float(_env("RECALL_CACHE_TTL_S", "60"))
         self._reload_lock = threading.Lock()
@@ -157,7 +166,8 @@ class Controller:
             threading.Thread(target=self._watch, args=(interval,), daemon=True, name="routing-watch").start()
 
     def _build(self, previous: ServingState | None) -> ServingState:
-        return build_state(self.routing_path, self.resolve, previous, 1, self.cache_entries, self.cache_ttl)
+        return build_state(self.routing_path, self.resolve, previous, 1, self.cache_entries, self.cache_ttl,
+                           self.tag_of)  # fmt: skip
 
     def _rejected(self, why: str) -> None:
         RELOADS.labels(result="rejected").inc()
@@ -193,14 +203,23 @@ class Controller:
         """Reloads when the routing file changes. Nothing escapes the loop: a thread that died would leave
         this worker on its old routing for good while /readyz said ready."""
         seen = self.state.mtime
+        backoff, next_retry = interval, time.monotonic() + interval
         while True:
             time.sleep(interval)
             try:
-                mtime = Path(self.routing_path).stat().st_mtime
-                if mtime in (seen, self.state.mtime):
+                mtime = Path(self.routing_path).stat().st_mtime if Path(self.routing_path).exists() else 0.0
+                changed = mtime not in (seen, self.state.mtime)
+                # Not ready: try again now and then even if the file is unchanged (a version being copied
+                # in, a store coming up), backing off to a minute.
+                retry = not self.state.ready and time.monotonic() >= next_retry
+                if not (changed or retry):
                     continue
                 seen = mtime  # one attempt per change of the file (a broken file is not retried every second)
+                if retry:
+                    backoff = min(backoff * 2, 60.0)
+                    next_retry = time.monotonic() + backoff
                 self.reload()
+                backoff = interval
             except Exception:  # noqa: BLE001, S112 - reload() already logged and recorded why
                 continue
 
@@ -262,25 +281,30 @@ READ_ROUTES = ("/readyz", "/status")
 
 class TokenGuard:
     """A bearer token compared in constant time (scheme case-insensitive), and a per-worker limit on
-    failed attempts: after ``max_fails`` within ``window_s`` every attempt gets a 429 with
-    ``Retry-After`` until the window has passed."""
+    failed attempts *per client address*: after ``max_fails`` wrong tokens within ``window_s`` that
+    client's wrong attempts get a 429 with ``Retry-After`` until the window has passed. The right token
+    is compared first and always accepted, so nobody guessing can lock out the token's holders."""
+
+    MAX_CLIENTS = 10_000  # addresses tracked per worker; beyond it the oldest are forgotten
 
     def __init__(self, env: str, max_fails: int = 10, window_s: float = 60.0):
         self.env, self.max_fails, self.window_s = env, max_fails, window_s
-        self.fails: deque[float] = deque()
+        self.fails: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def retry_after(self) -> int:
-        now = time.monotonic()
-        while self.fails and now - self.fails[0] > self.window_s:
-            self.fails.popleft()
-        return int(self.window_s - (now - self.fails[0])) + 1 if len(self.fails) >= self.max_fails else 0
-
-    def allows(self, header: str | None, token: str) -> bool:
+    def check(self, client: str, header: str | None, token: str) -> int | None:
+        """None: allowed; 0: wrong token; n > 0: wrong and locked out, retry in n seconds."""
         scheme, _, value = (header or "").strip().partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
-        if not ok:
-            self.fails.append(time.monotonic())
-        return ok
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
+            return None
+        now = time.monotonic()
+        seen = self.fails.pop(client, None) or deque()
+        while seen and now - seen[0] > self.window_s:
+            seen.popleft()
+        seen.append(now)
+        self.fails[client] = seen
+        while len(self.fails) > self.MAX_CLIENTS:
+            self.fails.popitem(last=False)
+        return int(self.window_s - (now - seen[0])) + 1 if len(seen) > self.max_fails else 0
 
 
 class ControlMiddleware:
@@ -313,15 +337,15 @@ class ControlMiddleware:
             }
             return await _json(send, 200 if st.ready else 503, body)
         if path == "/status" and ctl is not None:  # routing salts predict assignment: operators only
-            if await self._authorised(send, headers, "RECALL_ADMIN_TOKEN", path):
+            if await self._authorised(scope, send, headers, "RECALL_ADMIN_TOKEN", path):
                 return await _json(send, 200, {**ctl.state.status(), "last_reload_error": ctl.last_error})
             return None
-        if path == "/events" and not await self._authorised(send, headers, "RECALL_INGEST_TOKEN", path):
+        if path == "/events" and not await self._authorised(scope, send, headers, "RECALL_INGEST_TOKEN", path):
             return None
         if path == "/admin/reload":
             if method != "POST":
                 return await _refuse(send, 405, "use POST /admin/reload", path)
-            if not await self._authorised(send, headers, "RECALL_ADMIN_TOKEN", path):
+            if not await self._authorised(scope, send, headers, "RECALL_ADMIN_TOKEN", path):
                 return None
             if ctl is None:
                 return await _json(send, 503, {"error": "service not initialised"})
@@ -356,22 +380,22 @@ class ControlMiddleware:
             send = _with_retry_after(send)
         return await self.app(scope, receive, send)
 
-    async def _authorised(self, send, headers: dict[str, str], env: str, path: str) -> bool:
-        """Answers the refusal itself (403 disabled, 429 too many failures, 401 wrong) and returns False."""
+    async def _authorised(self, scope, send, headers: dict[str, str], env: str, path: str) -> bool:
+        """Answers the refusal itself (403 disabled, 401 wrong, 429 too many wrong) and returns False."""
         token = os.environ.get(env)
         if not token:
             await _refuse(send, 403, f"{path} is disabled: {env} is not set", path)
             return False
-        guard = self.guards[env]
-        wait = guard.retry_after()
-        if wait:
-            retry = [(b"retry-after", str(wait).encode())]
-            await _refuse(send, 429, f"too many failed attempts; retry in {wait} s", path, retry)
-            return False
-        if not guard.allows(headers.get("authorization"), token):
+        client = (scope.get("client") or ("?",))[0]
+        wait = self.guards[env].check(client, headers.get("authorization"), token)
+        if wait is None:
+            return True
+        if wait:  # (not logged: a guesser must not be able to flood the log)
+            await _json(send, 429, {"error": f"too many wrong tokens; retry in {wait} s"},
+                        [(b"retry-after", str(wait).encode())])  # fmt: skip
+        else:
             await _refuse(send, 401, "missing or wrong bearer token", path)
-            return False
-        return True
+        return False
 
 
 def _with_retry_after(send):
@@ -498,7 +522,7 @@ class RecallService:
                 bad += 1
                 continue
             a, retriever, flag = state.route(r.user_id)
-            user = str(int(r.user_id)) if r.user_id.isdigit() else r.user_id  # as pushes name them
+            user = str(int(r.user_id)) if r.user_id.isascii() and r.user_id.isdigit() else r.user_id  # as pushes do
             moment = r.context.time if r.context is not None else None
             key = (retriever.tag, user, r.k, r.exclude_seen, moment)  # (no moment: the cache's TTL bounds the drift)
             plans.append((a, retriever, flag, key, state.cache.version(user)))
@@ -513,10 +537,11 @@ class RecallService:
             users: list[int] = []
             numeric: list[int] = []
             for i in members:
-                try:
-                    users.append(int(reqs[i].user_id))
+                uid = reqs[i].user_id
+                if uid.isascii() and uid.isdigit():  # (a custom RECALL_USER_ID_PATTERN may allow other ids)
+                    users.append(int(uid))
                     numeric.append(i)
-                except ValueError:
+                else:
                     out[i] = self._response(plans[i], retriever.popularity(reqs[i].k), unknown=True)
             if not numeric:
                 continue
@@ -534,6 +559,8 @@ class RecallService:
                             errors.pop(i)
                         except Exception as e1:  # noqa: BLE001
                             errors[i] = f"{type(e1).__name__}: {e1}"[:300]
+                            if type(e1) is type(e) and not results:
+                                break  # the first user fails as the batch did: a dependency is down, not a user
             for i in numeric:
                 if i in results:
                     out[i] = self._response(plans[i], results[i])

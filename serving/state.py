@@ -207,14 +207,17 @@ def build_state(
     threads: int = 1,
     cache_entries: int = 10_000,
     cache_ttl_s: float = 60.0,
+    tag_of: Callable[[str], str | None] | None = None,
 ) -> ServingState:
     """Loads the routing file and every version it names, each spelling (``sasrec:v2``, the latest form
     ``recall-sasrec``, ``recall-sasrec:v2``) resolved once, here, to the version's canonical tag: the
     state's routing and retrievers are keyed by that tag only, so a request can never look up a name
     that was not loaded. Versions already loaded by ``previous`` are reused (a version directory never
     changes once written); each new one is verified by the registry and, if anything at all goes wrong
-    loading it, recorded in ``failures`` with the reason and never routed to. Raises
-    :class:`routing.RoutingError` for a malformed file (the caller keeps the previous state)."""
+    loading it, recorded in ``failures`` with the reason and never routed to. ``tag_of`` names the
+    version a reference without a version (the latest form) points to without verifying it, so an
+    unchanged latest version is reused too. Raises :class:`routing.RoutingError` for a malformed file
+    (the caller keeps the previous state)."""
     path = Path(routing_path)
     mtime = path.stat().st_mtime if path.exists() else 0.0
     routing = rt.load(path)
@@ -224,7 +227,7 @@ def build_state(
     reuse = previous.retrievers if previous is not None else {}
     for ref in routing.models():
         try:
-            tag = canonical(ref)
+            tag = canonical(ref) or (tag_of(ref) if tag_of is not None else None)
             if tag is not None and tag in reuse:  # already verified and loaded: no second verification
                 names[ref] = tag
                 retrievers[tag] = reuse[tag]
@@ -232,10 +235,10 @@ def build_state(
             mv = resolve(ref)
             if tag is not None and mv.tag != tag:
                 raise VersionError(f"{ref} resolved to a version whose model.json names {mv.tag}")
-            names[ref] = mv.tag
             if mv.tag not in retrievers:
                 retrievers[mv.tag] = reuse.get(mv.tag) or Retriever(mv, threads)
                 logger.info("loaded %s%s", mv.tag, "" if ref == mv.tag else f" (routing says {ref})")
+            names[ref] = mv.tag  # (only once it serves: a failure stays under the routing's own spelling)
         except Exception as e:  # noqa: BLE001 - whatever breaks a version, the others and the service carry on
             failures[ref] = str(e) if isinstance(e, VersionError) else f"{type(e).__name__}: {e}"
             logger.error("refusing %s: %s", ref, failures[ref])

@@ -98,6 +98,8 @@ def test_production_is_replaced_only_by_a_significantly_better_candidate():
     prod["difference"]["recall@20"] = _diff(0.02, 0.009)
     assert evaluate_gate(better, POP, GateConfig(), prod)["promotion"]["recommended"]
     assert evaluate_gate(CAND, POP, GateConfig())["promotion"] == {"recommended": True, "why": "nothing in production"}
+    none = evaluate_gate(better, POP, GateConfig(regression_metrics=()), prod)["promotion"]
+    assert not none["recommended"] and "regression_metrics is empty" in none["why"]
     weak = {**CAND, "ndcg@10": 0.01}  # loses to popularity: never replaces anything
     assert evaluate_gate(weak, POP, GateConfig(), prod)["promotion"]["recommended"] is False
 

@@ -92,15 +92,39 @@ def test_killing_a_promotion_midway_leaves_a_valid_routing_file(files):
     # The audit record came first: the promotion is recorded and not applied yet. The next change, under
     # the same lock, applies it before its own, so routing and audit agree again.
     assert [e["action"] for e in pr.read_audit(audit)] == ["start", "promote"]
+    assert [e["state"] for e in pr.read_audit(audit)] == ["applied", "pending"]
     pr.rollback(routing, audit, reason="undo the forced promotion")
     entries = pr.read_audit(audit)
-    assert [e["action"] for e in entries] == ["start", "promote", "rollback"]
+    assert [(e["action"], e["state"]) for e in entries] == [("start", "applied"), ("promote", "applied"),
+                                                            ("rollback", "applied")]  # fmt: skip
     _assert_serial(routing, entries)
     assert rt.load(routing) == rt.Routing("recall-sasrec:v1")  # the promotion happened, then was undone
 
 
+def test_a_hand_edit_is_never_overwritten_by_recovery_and_a_torn_line_is_ignored(files):
+    routing, audit = files
+    pr.start(routing, "recall-sasrec:v2", 10, audit)
+    pr.promote(routing, "sasrec-v2", "treatment", None, audit, force=True, reason="x")
+    # An operator reverts the file by hand (git checkout) to what it was before the promotion: the next
+    # command must not re-apply the promotion (it was applied and marked so).
+    before_promotion = pr.read_audit(audit)[-1]["before"]
+    routing.write_text(yaml.safe_dump(before_promotion))
+    with open(audit, "a") as f:
+        f.write('{"time": "2026-11-28T10:00:00+00:00", "action": "sw')  # a crash mid-append
+    pr.swap(routing, "recall-sasrec:v1", "recall-sasrec:v3", audit)
+    assert rt.load(routing).default == "recall-sasrec:v3"  # the swap on the hand-edited file, nothing else
+    assert [e["action"] for e in pr.read_audit(audit)][-1] == "swap"
+    # A pending change whose routing was edited by hand before recovery is marked aborted, not applied.
+    pr.audit(audit, {"action": "promote", "id": "feed", "routing": str(routing.resolve()),
+                     "before": {"default": "recall-x:v1", "experiments": []},
+                     "after": {"default": "recall-x:v2", "experiments": []}})  # fmt: skip
+    pr.rollback(routing, audit)  # settles the pending record first
+    assert [e for e in pr.read_audit(audit) if e.get("id") == "feed"][0]["state"] == "aborted"
+
+
 def _assert_serial(routing, entries):
-    """The routing is the serial application of the audit log: each change starts where the last ended."""
+    """The routing is the serial application of the applied records: each starts where the last ended."""
+    entries = [e for e in entries if e["state"] == "applied"]
     for a, b in zip(entries, entries[1:], strict=False):
         assert a["after"] == b["before"], (a["action"], b["action"])
     assert rt.to_dict(rt.load(routing)) == entries[-1]["after"]

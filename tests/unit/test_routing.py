@@ -99,6 +99,9 @@ def test_rename_to_canonical_tags_and_the_generation_follows_the_content():
     assert r == rt.parse(AB)  # the default renamed; variants not in the mapping untouched
     assert rt.generation(r) == rt.generation(rt.parse(AB)) and len(rt.generation(r)) == 12
     assert rt.generation(rt.parse({"default": "recall-sasrec:v4"})) != rt.generation(r)
+    # The salt is left out (the generation is public on /readyz; a salt would predict assignment).
+    resalted = {**AB, "experiments": [{**AB["experiments"][0], "salt": "another"}]}
+    assert rt.generation(rt.parse(resalted)) == rt.generation(r)
 
 
 @pytest.mark.parametrize(
