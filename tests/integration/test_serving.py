@@ -677,3 +677,35 @@ def test_admin_endpoints_need_the_token_and_refuse_guessing(server):
     # The guesser is locked out; the token's holder never is, and serving is untouched.
     assert all(requests.get(f"{server}/status", headers=ADMIN, timeout=5).status_code == 200 for _ in range(6))
     assert _recall(server, 1, k=3)["items"]
+
+
+def test_killing_a_worker_under_load_loses_at_most_the_requests_in_flight(server, world):
+    """(Last in the module.) kill -9 of one of the two workers while four clients keep sending: only the
+    requests that worker was answering at that moment may fail; the other worker takes the rest."""
+    import os
+    import signal
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+    for u in range(40):  # (new connections: both workers answer, and each writes its own response log)
+        _recall(server, 1 + u, k=1)
+    time.sleep(0.5)
+    pids = [int(p.name.split(".")[1]) for p in (world["dir"] / "log").glob("responses.*.jsonl")]
+    workers = [p for p in pids if alive(p)]
+    assert len(workers) == 2, pids
+    threads = 4
+    load = Load(server, threads=threads, limit=10**9)
+    try:
+        time.sleep(1.0)
+        before = len(load.models)
+        os.kill(workers[0], signal.SIGKILL)
+        time.sleep(3.0)
+        assert len(load.models) > before + 20  # still answering, on the other worker
+    finally:
+        load.end()
+    assert len(load.failures) <= threads, load.failures  # at most one request in flight per client
