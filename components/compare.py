@@ -78,14 +78,32 @@ def production_version(routing: str, registry: str | Path | None) -> tuple[Model
 
 class ServedVersion:
     """A registered version loaded once (user tower session, index, vocabularies) to rank targets as
-    serving would answer, for as many row sets as needed."""
+    serving would answer, for as many row sets as needed.
 
-    def __init__(self, mv: ModelVersion):
+    ``exact_over``: a catalogue (raw item rows) to score the version's items *exactly* instead of through
+    its approximate index: its item tower's vectors of those items in a flat index. The gate compares
+    models, and the candidate is ranked exactly, so production must not be charged its index's recall
+    loss (an HNSW production would make a retrain of the same model look better). A version whose
+    index is already flat, or whose items are not all in the catalogue, keeps its own index."""
+
+    def __init__(self, mv: ModelVersion, exact_over: pd.DataFrame | None = None):
         from .tower_inputs import TowerInputs
 
         self.mv = mv
         self.encoder = TowerInputs(mv)
         self.session, self.index, self.item_ids = mv.user_session(threads=0), mv.index(), mv.item_ids
+        self.exact = mv.meta["index"]["report"]["kind"] == "flat"
+        if not self.exact and exact_over is not None:
+            rows = exact_over.drop_duplicates("item_id", keep="last").set_index("item_id")
+            if np.isin(self.item_ids, rows.index).all():
+                from . import index as idx
+                from .refresh import item_vectors
+
+                vectors = item_vectors(mv, rows.loc[self.item_ids].reset_index())
+                self.index, self.exact = idx.build(vectors, idx.IndexConfig(kind="flat")), True
+            else:
+                logger.warning("%s: some of its items are not in the catalogue; ranking through its own index",
+                               mv.tag)  # fmt: skip
 
     def ranks(
         self,

@@ -190,11 +190,12 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     ks = tuple(sorted(set(rcfg.ks) | set(CURVE_KS)))
     L = rcfg.train.max_len
     prod, why = compare.production_version(cfg.routing, cfg.registry)
-    served = None if prod is None else compare.ServedVersion(prod)  # loaded once for both splits
+    served = None if prod is None else compare.ServedVersion(prod, tables.items)  # once for both splits, exact
     result: dict[str, Any] = {"model": model.name, "ks": list(rcfg.ks), "curve_ks": list(CURVE_KS), "slices": {}}
     if prod is not None:
         fp = prod.meta.get("dataset_fingerprint")
-        result["production"] = {"tag": prod.tag, "dataset_fingerprint": fp, "n_items": len(prod.item_ids)}
+        result["production"] = {"tag": prod.tag, "dataset_fingerprint": fp, "n_items": len(prod.item_ids),
+                                "scored_exactly": served.exact}  # fmt: skip
     else:
         result["production"] = None
     result["no_production"] = why

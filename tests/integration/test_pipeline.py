@@ -162,6 +162,32 @@ def test_production_better_on_the_new_data_blocks_a_worse_candidate(world):
     assert snapshot(out / "registry") == before
 
 
+def test_production_behind_an_approximate_index_is_scored_exactly(world, tmp_path):
+    """The gate ranks the candidate exactly; production behind HNSW is ranked through its item tower's
+    vectors in a flat index, so its numbers equal those of the same model behind a flat index."""
+    import numpy as np
+
+    from components import compare
+    from components import index as idx
+    from components.train import prepare
+
+    out, settings = world
+    run_dir = out / "runs" / "first"  # (trained by the first test of this module)
+    reg = Registry(tmp_path / "registry")
+    flat = register.register_run(run_dir, reg, idx.IndexConfig(kind="flat"), to_bentoml=False)
+    hnsw = register.register_run(run_dir, reg, idx.IndexConfig(kind="hnsw", hnsw_m=4, ef_search=4), to_bentoml=False)
+    assert hnsw.meta["index"]["report"]["kind"] == "hnsw"
+    tables, enc, split = prepare(load_config("configs/demo.yaml", settings))
+    rows = compare.rows(enc.data, split, "test", enc.user_ids, enc.item_ids)
+
+    def ranks(version):
+        return version.ranks(enc.data, rows, enc.item_ids, tables.users, True, 100)
+
+    exact = compare.ServedVersion(hnsw, tables.items)
+    assert exact.exact and not compare.ServedVersion(hnsw).exact and compare.ServedVersion(flat).exact
+    assert np.array_equal(ranks(exact), ranks(compare.ServedVersion(flat)))
+
+
 KILL_AT = {
     # SIGKILL after the first file copied into the staging directory: the version never appears.
     "staging": """
