@@ -9,6 +9,8 @@ that is new since production is always a miss for it.
 Each evaluated row also falls into slices, so a regression hidden in the average shows up by name:
 
     user=new | user=returning        the user is unknown / known to production (only with production)
+    target=new                       the target event is later than production's training data (only
+                                     with production and its snapshot): where a stale model shows
     history=1-4 | 5-19 | 20-49 | 50+ events before the target
     item=head | item=torso | item=tail  the target's training popularity: top 10 % of the catalogue,
                                      the next 40 %, the rest (never-trained items included)
@@ -59,6 +61,17 @@ def rows(data: SequenceData, split: Split, which: str, user_ids: np.ndarray, ite
     users, pos, targets = eval_rows(data, split, which)
     when = data.times[data.indptr[users] + pos].numpy()
     return Rows(users, pos, targets, user_ids[users.numpy()], item_ids[targets.numpy()], when)
+
+
+def data_end(mv: ModelVersion, feature_dir: str | Path) -> float | None:
+    """Unix time at which the version's training data ends (its snapshot's end), or None if unknown."""
+    from . import snapshots
+
+    try:
+        end = snapshots.manifest(feature_dir, mv.meta["snapshot"])["end"]
+        return pd.Timestamp(end).timestamp()
+    except (KeyError, FileNotFoundError, ValueError, TypeError, snapshots.SnapshotError):
+        return None
 
 
 def production_version(routing: str, registry: str | Path | None) -> tuple[ModelVersion | None, str]:
@@ -153,13 +166,19 @@ class ServedVersion:
         return out
 
 
-def slices(data: SequenceData, r: Rows, counts: torch.Tensor, production: ModelVersion | None) -> dict[str, np.ndarray]:
-    """Slice name → boolean mask over the rows (see the module docstring)."""
+def slices(
+    data: SequenceData, r: Rows, counts: torch.Tensor, production: ModelVersion | None,
+    production_end: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Slice name → boolean mask over the rows (see the module docstring). ``production_end``: unix time
+    at which production's training data ends (its snapshot's end)."""
     out: dict[str, np.ndarray] = {}
     if production is not None:
         known_users = np.load(production.path / "vocab" / "user_id.npy")[1:]
         new_user = ~np.isin(r.raw_users, known_users)
         out["user=new"], out["user=returning"] = new_user, ~new_user
+        if production_end is not None:
+            out["target=new"] = np.asarray(r.target_time, dtype=np.float64) >= production_end
     hist = r.pos.numpy()
     edges = (*HISTORY_BUCKETS, np.inf)
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):

@@ -20,7 +20,9 @@ Three kinds of check on the candidate's metrics (test split by default, seen ite
 
 The verdict also says whether the candidate should **replace** production (``promotion``): only when
 it passed and its first regression metric is significantly *higher* than production's on the same rows
-(the interval's lower end above zero), or nothing is in production. Registering tolerates noise;
+(the interval's lower end above zero) — overall, or on the ``target=new`` slice (events later than
+production's training data, at least ``min_slice_rows`` of them), where a stale production shows — or
+nothing is in production. Registering tolerates noise;
 replacing what is served does not (the replay benchmark promotes by this rule; with live traffic an A/B
 test decides, :mod:`components.ab`).
 
@@ -59,6 +61,9 @@ class GateConfig:
             raise ValueError(f"gate.min_slice_rows must be ≥ 1, got {self.min_slice_rows}")
         object.__setattr__(self, "beat_popularity", tuple(self.beat_popularity))
         object.__setattr__(self, "regression_metrics", tuple(self.regression_metrics))
+
+
+FRESH = "target=new"  # the slice of events later than production's training data (components.compare)
 
 
 class GateFailed(RuntimeError):
@@ -119,10 +124,20 @@ def promotion(verdict: dict[str, Any]) -> dict[str, Any]:
         v, p = verdict["candidate"][name], production["metrics"][name]
         return {"recommended": v > p, "why": f"{name} {v:.4f} vs production {p:.4f} (no paired difference)"}
     lo, hi = interval(diff, cfg["confidence"])
-    better = lo > 0
-    what = "significantly better" if better else "not significantly better"
-    return {"recommended": better, "why": f"{name} {diff['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] vs "
-            f"{production['tag']} over {diff['rows']} rows: {what}"}  # fmt: skip
+    why = f"{name} {diff['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] vs {production['tag']} over {diff['rows']} rows"
+    if lo > 0:
+        return {"recommended": True, "why": f"{why}: significantly better"}
+    # A stale production shows only on the events newer than its training data; most evaluation rows
+    # are users with nothing new, where both models see the same history.
+    entry = (verdict.get("slices") or {}).get(FRESH) or {}
+    fresh = (entry.get("difference") or {}).get(name)
+    if fresh is not None and entry["rows"] >= cfg["min_slice_rows"]:
+        flo, fhi = interval(fresh, cfg["confidence"])
+        fwhy = f"{FRESH}: {fresh['diff']:+.4f} [{flo:+.4f}, {fhi:+.4f}] over {fresh['rows']} rows"
+        if flo > 0:
+            return {"recommended": True, "why": f"{why}; {fwhy}: significantly better on the new events"}
+        why = f"{why}; {fwhy}"
+    return {"recommended": False, "why": f"{why}: not significantly better"}
 
 
 def evaluate_gate(

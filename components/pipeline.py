@@ -191,6 +191,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     L = rcfg.train.max_len
     prod, why = compare.production_version(cfg.routing, cfg.registry)
     served = None if prod is None else compare.ServedVersion(prod, tables.items)  # once for both splits, exact
+    prod_end = None if prod is None else compare.data_end(prod, rcfg.features.dir)
     result: dict[str, Any] = {"model": model.name, "ks": list(rcfg.ks), "curve_ks": list(CURVE_KS), "slices": {}}
     if prod is not None:
         fp = prod.meta.get("dataset_fingerprint")
@@ -210,7 +211,8 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
                 ranks["candidate"], ranks["production"], rcfg.ks)  # fmt: skip
         result[part] = metrics_from_ranks(torch.as_tensor(ranks["candidate"]), ks)
         result[f"popularity_{part}"] = metrics_from_ranks(torch.as_tensor(ranks["popularity"]), ks)
-        result["slices"][part] = compare.sliced(ranks, compare.slices(enc.data, rows, counts, prod), rcfg.ks)
+        masks = compare.slices(enc.data, rows, counts, prod, prod_end)
+        result["slices"][part] = compare.sliced(ranks, masks, rcfg.ks)
     result["dataset_fingerprint"] = config.get("dataset_fingerprint")
     result["exclude_seen"] = rcfg.exclude_seen
     if (run_dir / "training_set.json").exists():  # the snapshot and the train/serve parity check

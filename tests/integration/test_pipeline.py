@@ -86,6 +86,8 @@ def test_regression_against_production_fails_the_gate(world):
     assert any(name.startswith("no regression vs recall-sasrec:v1") for name in failed), failed
     assert "no regression vs recall-sasrec:v1" in str(e.value)
     assert snapshot(out / "registry") == before
+    ev = json.loads((out / "runs" / "weaker" / "evaluation.json").read_text())
+    assert ev["slices"]["test"]["target=new"]["rows"] == 0  # production was trained on this very snapshot
 
 
 def test_training_refuses_unpublished_unvalidated_or_other_data(world, tmp_path):

@@ -98,6 +98,14 @@ def test_production_is_replaced_only_by_a_significantly_better_candidate():
     prod["difference"]["recall@20"] = _diff(0.02, 0.009)
     assert evaluate_gate(better, POP, GateConfig(), prod)["promotion"]["recommended"]
     assert evaluate_gate(CAND, POP, GateConfig())["promotion"] == {"recommended": True, "why": "nothing in production"}
+    # Not significant overall, but on the events newer than production's data (where staleness shows) it is.
+    noisy = {**prod, "difference": {"recall@20": _diff(0.02, 0.011)}}
+    fresh = {"target=new": {"rows": 120, "candidate": CAND, "production": CAND,
+                            "difference": {"recall@20": _diff(0.06, 0.02, 120)}}}  # fmt: skip
+    p = evaluate_gate(better, POP, GateConfig(), noisy, fresh)["promotion"]
+    assert p["recommended"] and "target=new: +0.0600 [+0.0208, +0.0992] over 120 rows" in p["why"]
+    fresh["target=new"]["rows"] = 20  # under min_slice_rows: not judged
+    assert not evaluate_gate(better, POP, GateConfig(), noisy, fresh)["promotion"]["recommended"]
     none = evaluate_gate(better, POP, GateConfig(regression_metrics=()), prod)["promotion"]
     assert not none["recommended"] and "regression_metrics is empty" in none["why"]
     weak = {**CAND, "ndcg@10": 0.01}  # loses to popularity: never replaces anything
