@@ -12,9 +12,14 @@ from serving.service import CANONICAL_ID, Context, RecallRequest, UserId
 USER_ID = pydantic.TypeAdapter(UserId)
 ids = st.one_of(
     st.text(max_size=25),
-    st.text(alphabet="0123456789+-_ .١٢e", max_size=22),
+    st.text(alphabet="0123456789+-_ .١٢e\x1f\u3000\xa0\t", max_size=22),
     st.integers(min_value=-(10**20), max_value=10**20).map(str),
 )
+
+
+# What the request model strips: Unicode White_Space (Python's str.isspace() also counts the ASCII
+# information separators \x1c-\x1f, which are not whitespace to pydantic and are refused).
+WHITESPACE = "".join(c for c in map(chr, range(0x3100)) if c.isspace() and c not in "\x1c\x1d\x1e\x1f")
 
 
 def _canonical_number(s: str) -> bool:
@@ -22,20 +27,20 @@ def _canonical_number(s: str) -> bool:
     return 0 < len(s) <= 18 and all("0" <= c <= "9" for c in s) and (s == "0" or s[0] != "0")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(ids)
 def test_a_user_id_is_accepted_exactly_when_it_is_a_canonical_number(raw):
     try:
         accepted = USER_ID.validate_python(raw)
     except pydantic.ValidationError:
         accepted = None
-    assert (accepted is not None) == _canonical_number(raw.strip())
+    assert (accepted is not None) == _canonical_number(raw.strip(WHITESPACE))
     if accepted is not None:  # one spelling per user: the id is the number's own decimal form, below 2^63
         assert str(int(accepted)) == accepted and int(accepted) < 2**63
         assert CANONICAL_ID.fullmatch(accepted)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers() | st.text(max_size=5), max_size=4))
 def test_a_request_with_any_unknown_field_is_refused(extra):
     body = {"user_id": "1", **extra}
@@ -49,6 +54,7 @@ def test_a_request_with_any_unknown_field_is_refused(extra):
         assert not ok
 
 
+@settings(derandomize=True)
 @given(st.floats(allow_nan=True, allow_infinity=True) | st.none())
 def test_context_time_is_a_unix_time_or_refused(t):
     try:
@@ -80,7 +86,7 @@ def routings(draw):
             {"default": default[1], "experiments": canonical_experiments})  # fmt: skip
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(routings(), st.lists(st.integers(0, 10**12).map(str), min_size=1, max_size=20))
 def test_every_spelling_of_a_routing_resolves_to_one_canonical_routing(docs, users):
     spelled, expected = rt.parse(docs[0]), rt.parse(docs[1])
@@ -91,6 +97,7 @@ def test_every_spelling_of_a_routing_resolves_to_one_canonical_routing(docs, use
         assert a == rt.assign(expected, u) and canonical(a.model) == a.model
 
 
+@settings(derandomize=True)
 @given(st.text(max_size=30))
 def test_a_reference_parses_only_into_safe_names(ref):
     try:
