@@ -79,9 +79,12 @@ def hits(tags: list[str | None], registry, tables, lo, hi, k: int) -> list:
 
 
 def paired(a, b) -> tuple[float, float]:
-    """Mean difference of paired 0/1 outcomes and the half-width of its normal 95 % interval."""
-    d = a.astype(float) - b.astype(float)
-    return float(d.mean()), float(1.96 * d.std(ddof=1) / len(d) ** 0.5) if len(d) > 1 else float("nan")
+    """Mean difference of paired 0/1 outcomes and the half-width of its 95 % interval (the gate's
+    :func:`models.metrics.paired_difference`)."""
+    from models.metrics import interval, paired_difference
+
+    d = paired_difference(a, b)
+    return d["diff"], d["diff"] - interval(d, 0.95)[0]
 
 
 def main() -> None:

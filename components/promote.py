@@ -120,23 +120,27 @@ def _recover(path: Path, audit_log: str | Path) -> None:
 def _commit(path: Path, audit_log: str | Path, entry: dict[str, Any], before: rt.Routing, after: rt.Routing) -> None:
     """The audit record first (with the whole new routing), then the routing file, then a line saying it
     was applied — or aborted, if writing the routing failed (see the module docstring)."""
-    text = yaml.safe_dump(rt.to_dict(after), sort_keys=False)
-    rt.parse(yaml.safe_load(text))  # never record or write what the service could not read
+    text = _text(after)  # never record or write what the service could not read
     change = secrets.token_hex(8)
     audit(audit_log, {**entry, "id": change, "routing": str(path.resolve()), "before": rt.to_dict(before),
                       "after": rt.to_dict(after)})  # fmt: skip
     try:
-        _write(path, after)
+        atomic_write_text(path, text)
     except Exception as e:
         audit(audit_log, {"aborted": change, "error": f"{type(e).__name__}: {e}"})
         raise
     audit(audit_log, {"applied": change})
 
 
-def _write(routing_path: Path, new: rt.Routing) -> None:
+def _text(new: rt.Routing) -> str:
+    """The routing file's text, checked to parse back (never write what the service could not read)."""
     text = yaml.safe_dump(rt.to_dict(new), sort_keys=False)
-    rt.parse(yaml.safe_load(text))  # never write what the service could not read
-    atomic_write_text(routing_path, text)
+    rt.parse(yaml.safe_load(text))
+    return text
+
+
+def _write(routing_path: Path, new: rt.Routing) -> None:
+    atomic_write_text(routing_path, _text(new))
 
 
 @_serialised
@@ -232,14 +236,7 @@ def swap(routing_path: str | Path, old: str, new: str, audit_log: str | Path, re
     current = rt.load(path)
     same = parse_ref(old)
 
-    def sub(tag: str) -> str:
-        return new if parse_ref(tag) == same else tag
-
-    experiments = tuple(
-        rt.Experiment(e.name, e.salt, tuple(rt.Variant(v.name, sub(v.model), v.weight) for v in e.variants), e.traffic)
-        for e in current.experiments
-    )
-    updated = rt.Routing(sub(current.default), experiments)
+    updated = rt.rename(current, {m: new for m in current.models() if parse_ref(m) == same})
     if updated == current and parse_ref(new) in [parse_ref(m) for m in current.models()]:
         return current  # swapped already (a retry): nothing to do
     if updated == current:
