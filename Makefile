@@ -5,22 +5,33 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export RECALL_ML100K_DIR ?= $(abspath ../shared/data/ml-100k)
 
-.PHONY: install demo test lint bench clean redis-server
+CONSTRAINTS := infra/docker/constraints.txt
+KFP := infra/kubeflow/requirements.txt
 
-$(STAMP): pyproject.toml
+.PHONY: install demo test lint bench clean redis-server kubectl constraints
+
+# The versions of infra/docker/constraints.txt, the same the pipeline image installs.
+$(STAMP): pyproject.toml $(CONSTRAINTS) $(KFP)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first (a local wheel), so the project's torch requirement is already met.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	# The Kubeflow SDK without its dependency pins (see the file's header).
+	$(PY) -m pip install -q --no-deps -r $(KFP)
 	touch $(STAMP)
+
+# After changing dependencies: re-freeze what the tests pass with (torch without its local +cpu label).
+constraints: $(STAMP)
+	{ echo "# pip freeze of the environment the tests pass in (make constraints); torch's build is the image's choice."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^#' | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > $(CONSTRAINTS)
 
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/recall demo
 
-test: $(STAMP) lint redis-server
+test: $(STAMP) lint redis-server kubectl
 	$(PY) -m pytest -q
 
 # The Redis online-store tests run against a real redis-server (Debian's package; root or sudo).
@@ -30,6 +41,14 @@ redis-server:
 	  $$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server >/dev/null; }; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server is needed by the tests: apt-get install redis-server" >&2; exit 1; }
+
+# The manifest tests render the overlays with `kubectl kustomize` (Debian's kubernetes-client where absent).
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q kubernetes-client >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q kubernetes-client >/dev/null; }; }
+	@command -v kubectl >/dev/null 2>&1 || { echo "kubectl is needed by the tests: apt-get install kubernetes-client" >&2; exit 1; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -539,17 +539,16 @@ def pipeline_step(
     config: Path = ConfigOpt,
     overrides: list[str] = SetOpt,
     model: str = typer.Option(None, help="Model to train (default: the config's)."),
-    overrides_json: str = typer.Option(None, help="More overrides as a JSON list (what the Kubernetes pod gets)."),
 ) -> None:
-    """One step of the training pipeline: the entry point of the DAG's Kubernetes train pod."""
+    """One step of the training pipeline: the entry point of the DAG's Kubernetes train pod, which passes
+    the run's own settings (``--config <run dir>/run_config.json``, written by training_set)."""
     from . import pipeline
     from .gate import GateFailed
 
     if name not in pipeline.STEP_FUNCTIONS:
         console.print(f"[red]error:[/red] unknown step {name!r}; choose one of: {', '.join(pipeline.STEP_FUNCTIONS)}")
         raise typer.Exit(2)
-    extra = json.loads(overrides_json) if overrides_json else []
-    cfg = _pipeline_config(config, [*extra, *(overrides or [])], model or None)
+    cfg = _pipeline_config(config, list(overrides or []), model or None)
     try:
         out = pipeline.STEP_FUNCTIONS[name](cfg, run_dir)
     except GateFailed as e:
@@ -560,6 +559,47 @@ def pipeline_step(
         console.print(str(e))
         return
     console.print_json(json.dumps(out, default=str))
+
+
+@pipeline_app.command("kubeflow")
+def pipeline_kubeflow(
+    config: Path = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    output: Path = typer.Option(Path("runs/kubeflow/recall-training.yaml"), help="The compiled pipeline (YAML)."),
+    local: bool = typer.Option(False, "--local", help="Also run it here, end to end, with kfp.local."),
+    run_name: str = typer.Option(None, help="--local: run directory name (default: kfp-<model>-<time>)."),
+    force: bool = typer.Option(False, "--force", help="--local: train even if nothing is new."),
+) -> None:
+    """Compile the Kubeflow pipeline (infra/kubeflow/pipeline.py) for the config's `kubernetes` settings; with
+    --local, run it here with kfp.local's subprocess runner, registering a candidate as the Airflow DAGs do."""
+    from . import kubeflow, pipeline
+
+    cfg = _config(config, overrides)
+    try:
+        path = kubeflow.compile_pipeline(cfg, output)
+    except kubeflow.KubeflowUnavailable as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"compiled {path} (image {cfg.kubernetes.image}; train requests {cfg.kubernetes.gpus} GPU)")
+    if not local:
+        return
+    import datetime as dt
+
+    run_dir = pipeline.new_run_dir(cfg, run_name or f"kfp-{cfg.model}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}")
+    try:
+        out = kubeflow.run_local(cfg, config or "configs/demo.yaml", list(overrides or []), run_dir.resolve(), force)
+    except RuntimeError as e:
+        verdict = run_dir / "gate.json"
+        if verdict.exists() and not json.loads(verdict.read_text()).get("passed"):
+            console.print("[red]quality gate failed:[/red] nothing exported or registered")
+            _print_gate(json.loads(verdict.read_text()))
+        else:
+            console.print(f"[red]pipeline failed:[/red] {str(e).splitlines()[0]}")
+        raise typer.Exit(1) from None
+    if out["nothing_new"]:
+        console.print(f"nothing new: {json.loads((run_dir / 'nothing_new.json').read_text())['reason']}")
+    elif out["registered"]:
+        console.print(f"registered {out['registered']['tag']} (candidate); run directory {run_dir}")
 
 
 @pipeline_app.command("airflow")

@@ -18,6 +18,7 @@ from .datasets import SyntheticConfig
 from .gate import GateConfig
 from .index import IndexConfig
 from .k8s import KubernetesConfig
+from .site import merge, site_tree
 from .validate import ValidationConfig
 
 SOURCES = ("synthetic", "ml100k", "parquet", "file")
@@ -112,7 +113,8 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults ← YAML file ← ``key=value`` overrides (dotted keys, YAML-parsed values).
+    """Defaults ← YAML file ← the site's settings (``$RECALL_SITE_CONFIG``, components.site) ← ``key=value``
+    overrides (dotted keys, YAML-parsed values).
 
     Example: ``load_config("configs/sasrec.yaml", ["train.epochs=5", "data.source=ml100k"])``.
     """
@@ -122,6 +124,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.exists():
             raise FileNotFoundError(f"config file {p} does not exist")
         tree = yaml.safe_load(p.read_text()) or {}
+    tree = merge(tree, site_tree())
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep:

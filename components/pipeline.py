@@ -59,6 +59,7 @@ def features(
 
 # --- training ------------------------------------------------------------------------------------------
 PIN = "snapshot.json"  # the feature snapshot a training run reads, from its first step to its last
+RUN_CONFIG = "run_config.json"  # the run's settings as its first step saw them (a step in another pod loads it)
 
 
 class NothingNew(Exception):
@@ -128,6 +129,7 @@ def training_set(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = Non
     from .datasets import Tables
 
     snap = pinned(cfg, run_dir, snapshot)
+    _write(run_dir, RUN_CONFIG, json.loads(json.dumps(cfg.to_dict(), default=str)))
     if not force and (tag := already_trained(cfg, snap)):
         why = (f"nothing new: {tag} was trained on snapshot {snap['id']} (the same data) with the same settings; "
                "nothing to train (force it with the force param / --force)")  # fmt: skip
@@ -150,6 +152,14 @@ def training_set(cfg: RunConfig, run_dir: str | Path, snapshot: str | None = Non
                          f"{parity['context_mismatches']} another context, "
                          f"e.g. {parity['first']}")  # fmt: skip
     return summary
+
+
+def run_config(run_dir: str | Path) -> RunConfig:
+    """The settings training_set saved in the run directory: what a later step in another pod or container
+    (the Kubernetes train pod, Kubeflow's steps) runs with."""
+    from .config import config_from_dict
+
+    return config_from_dict(_read(Path(run_dir), RUN_CONFIG, "training_set"))
 
 
 def training_config(cfg: RunConfig, run_dir: str | Path) -> RunConfig:
@@ -247,8 +257,9 @@ def gate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
             "replace_production": verdict["promotion"]}  # fmt: skip
 
 
-def _passed_gate(run_dir: Path) -> dict[str, Any]:
-    verdict = _read(run_dir, "gate.json", "gate")
+def passed_gate(run_dir: str | Path) -> dict[str, Any]:
+    """The run's gate verdict; :class:`GateFailed` (every failed check) unless the candidate passed."""
+    verdict = _read(Path(run_dir), "gate.json", "gate")
     if not verdict.get("passed"):
         raise GateFailed(verdict)
     return verdict
@@ -257,7 +268,7 @@ def _passed_gate(run_dir: Path) -> dict[str, Any]:
 def export(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     from .register import export_run
 
-    _passed_gate(Path(run_dir))
+    passed_gate(run_dir)
     rec = export_run(run_dir)
     return {"max_abs_diff": max(rec["parity"]["user"]["max_abs_diff"], rec["parity"]["item"]["max_abs_diff"])}
 
@@ -265,7 +276,7 @@ def export(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
 def index(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     from .register import index_run
 
-    _passed_gate(Path(run_dir))
+    passed_gate(run_dir)
     out = index_run(run_dir, cfg.index)
     return {k: out["report"][k] for k in ("kind", "n_items", "k", "recall_at_k")}
 
@@ -275,7 +286,7 @@ def register(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     from .register import publish_run
     from .registry import Registry
 
-    verdict = _passed_gate(Path(run_dir))
+    verdict = passed_gate(run_dir)
     mv = publish_run(run_dir, Registry(cfg.registry), gate=verdict, to_bentoml=cfg.bentoml_store)
     out = {"tag": mv.tag, "path": str(mv.path), "stage": mv.meta["stage"]}
     _write(run_dir, "registered.json", out)

@@ -29,11 +29,19 @@ def dag_defaults(retries: int, retry_delay_min: int) -> dict[str, Any]:
 
 
 def raw_config(path: str = DEFAULT_CONFIG) -> dict[str, Any]:
-    """The YAML as written (no validation, no torch import): enough for parse-time decisions."""
+    """The YAML as written with the site's settings over it (no validation, no torch import): enough for
+    parse-time decisions."""
     import yaml
 
-    p = Path(path) if Path(path).is_absolute() else ROOT / path
-    return (yaml.safe_load(p.read_text()) or {}) if p.exists() else {}
+    from components.site import merge, site_tree
+
+    p = config_path(path)
+    return merge((yaml.safe_load(p.read_text()) or {}) if p.exists() else {}, site_tree())
+
+
+def config_path(path: str) -> Path:
+    """A run config's absolute path (relative ones are the project's)."""
+    return Path(path) if Path(path).is_absolute() else ROOT / path
 
 
 def kubernetes_settings(path: str = DEFAULT_CONFIG):

@@ -28,6 +28,8 @@ from __future__ import annotations
 from airflow.sdk import Asset, Param, dag, task
 from recall_common import DEFAULT_CONFIG, FEATURES_ASSET_URI, dag_defaults, kubernetes_settings, project
 
+RUN_CONFIG = "run_config.json"  # components.pipeline.RUN_CONFIG (not imported: parse time stays light)
+
 FEATURES = Asset(FEATURES_ASSET_URI, group="recall")
 K8S = kubernetes_settings()
 
@@ -37,6 +39,7 @@ def train_pod(k8s):
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k
 
+    run_dir = "ti.xcom_pull(task_ids='training_set')['run_dir']"
     gpus = str(k8s.gpus)
     limits = {"nvidia.com/gpu": gpus, "cpu": str(k8s.cpu), "memory": str(k8s.memory)}
     return KubernetesPodOperator(
@@ -45,12 +48,10 @@ def train_pod(k8s):
         namespace=k8s.namespace,
         image=k8s.image,
         cmds=["recall"],
-        arguments=[
+        arguments=[  # absolute paths on the shared volume; the settings are the ones training_set saw
             "pipeline", "step", "train",
-            "--config", "{{ params.config }}",
-            "--model", "{{ params.model }}",
-            "--overrides-json", "{{ params.overrides | tojson }}",
-            "--run-dir", "{{ ti.xcom_pull(task_ids='training_set')['run_dir'] }}",
+            "--config", f"{{{{ {run_dir} }}}}/{RUN_CONFIG}",
+            "--run-dir", f"{{{{ {run_dir} }}}}",
             "--set", "train.device=cuda",  # on a GPU node a CPU fallback would be a silent 50x slowdown
         ],  # fmt: skip
         container_resources=k.V1ResourceRequirements(
@@ -94,11 +95,15 @@ def recall_training():
         from airflow.sdk.exceptions import AirflowSkipException
 
         from components import pipeline
+        from components.k8s import off_volume
 
         events = [e for evs in (triggering_asset_events or {}).values() for e in evs if (e.extra or {}).get("snapshot")]
         snapshot = params.get("snapshot") or (events[-1].extra["snapshot"] if events else None)
         with project(params) as cfg:
             run_dir = pipeline.new_run_dir(cfg, params["run_name"] or f"{cfg.model}-{run_id}")
+            if K8S.enabled and (bad := off_volume(K8S, {"out_dir": cfg.out_dir, "features.dir": cfg.features.dir})):
+                raise ValueError(f"the train pod mounts the shared volume at {K8S.mount_path}; {', '.join(bad)} "
+                                 "would not be there: set absolute paths below it (the site config)")  # fmt: skip
             try:
                 out = pipeline.training_set(cfg, run_dir, snapshot, force=bool(params.get("force")))
             except pipeline.NothingNew as e:

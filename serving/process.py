@@ -30,18 +30,25 @@ def _ready(url: str) -> bool:
 
 
 @contextmanager
-def running_service(env: dict[str, str], log_path: str | Path, timeout_s: float = 180) -> Iterator[str]:
-    """Starts ``bentoml serve serving.service:RecallService`` on a free loopback port with ``env`` added to
-    the environment, waits for ``/readyz``, yields the base URL, and stops the process on exit. Raises
-    ``RuntimeError`` with the end of the server log if it exits or never becomes ready."""
+def running_service(
+    env: dict[str, str],
+    log_path: str | Path,
+    timeout_s: float = 180,
+    target: str = "serving.service:RecallService",
+    cwd: str | Path = ROOT,
+) -> Iterator[str]:
+    """Starts ``bentoml serve <target>`` (the source tree's service, or a built bento's tag) on a free
+    loopback port with ``env`` added to the environment, waits for ``/readyz``, yields the base URL, and
+    stops the process on exit. Raises ``RuntimeError`` with the end of the server log if it exits or never
+    becomes ready."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    cmd = [bentoml, "serve", "serving.service:RecallService", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + timeout_s
             while not _ready(url):

@@ -109,6 +109,13 @@ print("JSON" + json.dumps({{"operator": type(train).__name__, "pod": pod,
 
 
 def test_kubernetes_mode_renders_a_gpu_training_pod(airflow_env, tmp_path):
+    """The gpu-cloud overlay's site config switches the train task to a pod on the GPU pool: its image,
+    volume, ServiceAccount and paths are the ones the manifests and the worker agree on."""
+    from components.k8s import from_yaml_section, off_volume
+    from components.pipeline import RUN_CONFIG
+
+    site_file = ROOT / "infra" / "k8s" / "overlays" / "gpu-cloud" / "site.yaml"
+    site = yaml.safe_load(site_file.read_text())
     # No cluster here: a kubeconfig that points nowhere is enough to render (not submit) the pod.
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
@@ -116,7 +123,7 @@ def test_kubernetes_mode_renders_a_gpu_training_pod(airflow_env, tmp_path):
         "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
         "current-context: c\n"
     )
-    env = {**airflow_env, "RECALL_KUBERNETES": "1", "KUBECONFIG": str(kubeconfig)}
+    env = {**airflow_env, "RECALL_SITE_CONFIG": str(site_file), "KUBECONFIG": str(kubeconfig)}
     res = subprocess.run([sys.executable, "-c", POD.format(folder=str(ROOT / "dags"))], env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -125,14 +132,25 @@ def test_kubernetes_mode_renders_a_gpu_training_pod(airflow_env, tmp_path):
     assert info["up"] == ["training_set"] and info["down"] == ["evaluate"]  # same place in the graph
     spec = info["pod"]["spec"]
     (container,) = spec["containers"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    assert container["command"] == ["recall"] and container["args"][:3] == ["pipeline", "step", "train"]
-    assert "train.device=cuda" in container["args"]
-    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "recall-runs"
-    assert container["volumeMounts"][0]["mountPath"] == "/opt/recall/runs"
+    k8s = site["kubernetes"]
+    assert container["image"] == k8s["image"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == str(k8s["gpus"])
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == str(k8s["gpus"])
+    assert spec["nodeSelector"] == k8s["node_selector"] and spec["serviceAccountName"] == k8s["service_account"]
+    assert k8s["tolerations"][0] in spec["tolerations"]
+    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == k8s["volume_claim"]
+    assert container["volumeMounts"][0]["mountPath"] == k8s["mount_path"]
+    # The pod runs the installed console script on the run directory training_set made (XCom) and with the
+    # settings it saved there: absolute paths on the volume, whatever the image's working directory.
+    args = container["args"]
+    assert container["command"] == ["recall"] and args[:3] == ["pipeline", "step", "train"]
+    run_dir = args[args.index("--run-dir") + 1]
+    assert "xcom_pull(task_ids='training_set')['run_dir']" in run_dir
+    assert args[args.index("--config") + 1] == f"{run_dir}/{RUN_CONFIG}" and "train.device=cuda" in args
+    cfg = from_yaml_section(k8s, env={})
+    assert off_volume(cfg, {"out_dir": site["out_dir"], "features.dir": site["features"]["dir"]}) == []
+    assert off_volume(cfg, {"out_dir": "runs/demo", "features.dir": "/data/features"}) == [
+        "out_dir=runs/demo", "features.dir=/data/features"]  # fmt: skip
 
     # Switched off, the same DAG trains in-process.
     off = {**env, "RECALL_KUBERNETES": "0"}

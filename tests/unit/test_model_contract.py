@@ -113,9 +113,9 @@ def test_tiny_dataset_can_be_overfitted(name):
     model = make(name, enc, **({"dropout": 0.0} if name == "sasrec" else {}))
     cfg = TrainConfig(
         mode="full",
-        epochs=300,
+        epochs=150,
         batch_size=8,
-        lr=0.005,
+        lr=0.008,
         max_len=MAX_LEN,
         patience=1000,
         restore_best=False,
