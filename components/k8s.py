@@ -40,6 +40,7 @@ class KubernetesConfig:
     volume_claim: str = "recall-runs"  # a ReadWriteMany PVC shared by the Airflow workers and the pod
     mount_path: str = "/opt/recall/runs"  # where workers and pod mount it: the run directory must lie below
     service_account: str | None = None
+    site_config_map: str | None = None  # the ConfigMap with the site config, mounted into Kubeflow's steps
     startup_timeout_s: int = 600
 
 

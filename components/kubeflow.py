@@ -19,7 +19,8 @@ class KubeflowUnavailable(RuntimeError):
     """The kfp SDK or the pipeline file is missing."""
 
 
-def _module() -> Any:
+def module() -> Any:
+    """infra/kubeflow/pipeline.py, loaded from this checkout."""
     try:
         import kfp  # noqa: F401
     except ImportError:
@@ -28,14 +29,14 @@ def _module() -> Any:
     if not PIPELINE_FILE.is_file():
         raise KubeflowUnavailable(f"{PIPELINE_FILE} is missing: run from a checkout of the project")
     spec = importlib.util.spec_from_file_location("recall_kubeflow_pipeline", PIPELINE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def build(cfg: Any) -> Any:
     """The pipeline function for the run config's ``kubernetes`` settings (image, GPU, node pool, volume)."""
-    return _module().build(cfg.kubernetes)
+    return module().build(cfg.kubernetes)
 
 
 def compile_pipeline(cfg: Any, out: str | Path) -> Path:

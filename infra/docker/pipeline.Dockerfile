@@ -12,6 +12,10 @@ ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
 
 # --- build: the project's wheel (the source tree stays out of the final image) ----------------------------
 FROM ${AIRFLOW_IMAGE} AS build
+# Directories owned by the build's user whatever the builder (only BuildKit gives WORKDIR to USER).
+USER root
+RUN install -d -o airflow -g 0 /tmp/src
+USER airflow
 WORKDIR /tmp/src
 COPY --chown=airflow:root pyproject.toml README.md ./
 COPY --chown=airflow:root models ./models
@@ -27,6 +31,8 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # The base image's user (airflow, uid 50000) and entrypoint: the chart's commands (`airflow scheduler`, ...)
 # go through it; the training pod and Kubeflow's steps set their own command (`recall`, `python3 -m ...`).
+USER root
+RUN install -d -o airflow -g 0 /opt/recall/app
 USER airflow
 COPY --chown=airflow:root infra/docker/constraints.txt infra/kubeflow/requirements.txt /tmp/req/
 COPY --from=build /tmp/wheels /tmp/wheels

@@ -8,7 +8,9 @@ call that function in the pipeline image (infra/docker/pipeline.Dockerfile).
 
 Steps share the run directory and the feature store on the volume every step mounts (``kubernetes.
 volume_claim`` at ``kubernetes.mount_path``); the settings come from the run config plus the site config
-(``$RECALL_SITE_CONFIG``) and, after training_set, from the run's own ``run_config.json``. Each step also
+(the ``kubernetes.site_config_map`` ConfigMap, mounted as ``$RECALL_SITE_CONFIG``) and, after training_set,
+from the run's own ``run_config.json``. Run it in the namespace that holds the claim, the ConfigMap and
+Redis (``recall``: a PVC is only mountable from its own namespace). Each step also
 hands Kubeflow what its UI shows: evaluate's metrics, gate's HTML report, register's model (the version).
 
 ``recall pipeline kubeflow`` compiles it; ``--local`` runs it here with ``kfp.local``'s subprocess runner.
@@ -20,6 +22,7 @@ from typing import Any
 from kfp import dsl
 
 NAME = "recall-training"
+SITE_DIR = "/etc/recall/site"  # where a step mounts the site ConfigMap (the Airflow values use the same path)
 
 
 def build(k8s: Any) -> Any:
@@ -143,10 +146,14 @@ def build(k8s: Any) -> Any:
         return out["tag"]
 
     def on_volume(task):
-        if k8s.volume_claim:
-            from kfp import kubernetes
+        """Every step: the shared volume and the site config (paths on it, Redis), as Airflow's workers."""
+        from kfp import kubernetes
 
+        if k8s.volume_claim:
             kubernetes.mount_pvc(task, pvc_name=k8s.volume_claim, mount_path=k8s.mount_path)
+        if k8s.site_config_map:
+            kubernetes.use_config_map_as_volume(task, config_map_name=k8s.site_config_map, mount_path=SITE_DIR)
+            task.set_env_variable("RECALL_SITE_CONFIG", f"{SITE_DIR}/site.yaml")
         return task.set_caching_options(False)  # every step reads and writes shared state
 
     def on_gpu(task):

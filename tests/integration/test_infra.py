@@ -67,7 +67,7 @@ def test_every_rendered_object_is_valid_against_the_api_schema(overlay):
     docs = render(overlay)
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "StatefulSet",
-            "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"} <= kinds  # fmt: skip
+            "PersistentVolumeClaim", "ServiceAccount", "NetworkPolicy"} <= kinds  # fmt: skip
     for version in SCHEMA_VERSIONS:
         for d in docs:
             kubernetes_validate.validate(d, version, strict=True)
@@ -133,10 +133,11 @@ def test_rollouts_keep_ready_capacity_and_selectors_match(overlay):
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"  # 503 until the default version serves
     svc, pdb = find(docs, "Service", "recall-serving"), find(docs, "PodDisruptionBudget", "recall-serving")
     hpa = find(docs, "HorizontalPodAutoscaler", "recall-serving")
+    assert "replicas" not in dep["spec"]  # the autoscaler owns the count; an apply must not reset it
     assert svc["spec"]["selector"].items() <= labels.items()
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "recall-serving"
-    assert hpa["spec"]["minReplicas"] >= 1 and dep["spec"]["replicas"] >= hpa["spec"]["minReplicas"]
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert svc["spec"]["ports"][0]["targetPort"] in ports
     # Every network policy selects pods that exist; the service is open on its port to the ranking tier
     # and the operators only.
@@ -175,10 +176,12 @@ def test_the_train_pod_image_must_be_pinned():
 
 def test_airflow_values_agree_with_the_manifests_and_the_image():
     values = yaml.safe_load((INFRA / "airflow" / "values.yaml").read_text())
-    assert values["executor"] == "KubernetesExecutor"
+    assert values["executor"] == "KubernetesExecutor" and values["allowPodLaunching"]  # the chart's pod-launcher Role
     image = f"{values['images']['airflow']['repository']}:{values['images']['airflow']['tag']}"
     assert pinned(image)
-    assert site("gpu-cloud")["kubernetes"]["image"] == image  # the train pod runs the workers' image
+    assert site("gpu-cloud")["kubernetes"]["image"] == f"{image}-cuda"  # the same build, with CUDA torch
+    for key, value in values["config"].items():  # the chart writes these into airflow.cfg line by line
+        assert all("\n" not in str(v) for v in value.values()), key
     docs = render("gpu-cloud")
     volumes = {v["name"]: v for v in values["volumes"]}
     mounts = {m["mountPath"]: m for m in values["volumeMounts"]}
@@ -199,9 +202,12 @@ def test_airflow_values_agree_with_the_manifests_and_the_image():
     bundles = json.loads(values["config"]["dag_processor"]["dag_bundle_config_list"])
     assert bundles[0]["kwargs"]["path"] == f"{home}/dags"
     assert (ROOT / env["RECALL_CONFIG"]).is_file() and re.search(r"^COPY .*configs \./configs", dockerfile, re.M)
-    # The RoleBinding lets the chart's worker ServiceAccount launch the training pod.
-    rb = find(docs, "RoleBinding", "recall-pod-launcher")
-    assert rb["subjects"][0]["name"] == "airflow-worker"
+    # The training pod's ServiceAccount exists; Kubeflow's steps mount the site ConfigMap where the workers do.
+    find(docs, "ServiceAccount", site("gpu-cloud")["kubernetes"]["service_account"])
+    from components import kubeflow
+
+    assert str(site_path.parent) == kubeflow.module().SITE_DIR
+    assert site("gpu-cloud")["kubernetes"]["site_config_map"] == cm["metadata"]["name"]
 
 
 def dockerignored(path: str) -> bool:
@@ -272,6 +278,9 @@ def test_kubeflow_pipeline_compiles_with_a_gpu_train_step(tmp_path):
     assert set(configs) == set(executors)
     for name, cfg in configs.items():
         assert cfg["pvcMount"][0]["mountPath"] == k8s["mount_path"], name
+        assert cfg["configMapAsVolume"][0]["configMapName"] == k8s["site_config_map"], name
+        assert {"name": "RECALL_SITE_CONFIG", "value": "/etc/recall/site/site.yaml"} in executors[name]["container"][
+            "env"]  # fmt: skip
     assert configs["exec-train"]["nodeSelector"]["labels"] == k8s["node_selector"]
     assert configs["exec-train"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     # The gate decides: export/index/register sit under the verdict's condition, gate_failed under its else.
