@@ -324,8 +324,11 @@ def test_consecutive_days_publish_snapshots_and_a_pinned_training_run_is_unaffec
     other_home = environment(tmp_path / "airflow-2", {"AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"})
     ensure_db(other_home)
     result = {}
+    # (Two epochs and no popularity bar: this run is about its pinned data, not its quality.)
+    training_overrides = [*overrides, "train.epochs=2", "gate.beat_popularity=[]"]
     training = threading.Thread(target=lambda: result.update(run=dags_test(
-        "recall_training", {"overrides": overrides, "run_name": "day1", "snapshot": s1}, other_home, 900)))  # fmt: skip
+        "recall_training", {"overrides": training_overrides, "run_name": "day1", "snapshot": s1}, other_home,
+        900)))  # fmt: skip
     training.start()
     pin = out / "runs" / "day1" / "snapshot.json"
     deadline = time.time() + 300
@@ -352,7 +355,7 @@ def test_consecutive_days_publish_snapshots_and_a_pinned_training_run_is_unaffec
     assert snapshots.published(root) == sorted([s1, s2])
 
     registry = _tree(out / "registry")
-    same = dags_test("recall_training", {"overrides": overrides, "run_name": "day1-again", "snapshot": s1},
+    same = dags_test("recall_training", {"overrides": training_overrides, "run_name": "day1-again", "snapshot": s1},
                      airflow_env, 900)  # fmt: skip
     assert same.ok and all(t["state"] == "skipped" for t in same.tasks.values()), same.output[-3000:]
     assert f"nothing new: {mv.tag} was trained on snapshot {s1}" in same.output

@@ -258,12 +258,13 @@ def test_serving_requirements_match_the_constraints_and_the_bentofile_names_real
     assert pinned(bento["docker"]["base_image"])
 
 
-def test_kubeflow_pipeline_compiles_with_a_gpu_train_step(tmp_path):
+def test_kubeflow_pipeline_compiles_with_a_gpu_train_step(tmp_path, monkeypatch):
+    from components import kubeflow
+    from components.config import load_config
+
     site_file = INFRA / "k8s" / "overlays" / "gpu-cloud" / "site.yaml"
-    out = tmp_path / "pipeline.yaml"
-    res = subprocess.run([*RECALL, "pipeline", "kubeflow", "--output", str(out)], capture_output=True, text=True,
-                         env={**os.environ, "RECALL_SITE_CONFIG": str(site_file)}, timeout=300)  # fmt: skip
-    assert res.returncode == 0, res.stdout + res.stderr
+    monkeypatch.setenv("RECALL_SITE_CONFIG", str(site_file))
+    out = kubeflow.compile_pipeline(load_config("configs/demo.yaml"), tmp_path / "pipeline.yaml")
     spec = yaml.safe_load_all(out.read_text())
     pipeline, platform = list(spec)
     executors = pipeline["deploymentSpec"]["executors"]
