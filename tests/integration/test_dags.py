@@ -247,7 +247,7 @@ def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_th
     before = _tree(out / "registry")
     bad = dags_test(
         "recall_training",
-        {"overrides": [*overrides, "gate.floors={recall@20: 0.999}"], "run_name": "floor", "force": True},
+        {"overrides": [*overrides, "train.epochs=1", "gate.floors={recall@20: 0.999}"], "run_name": "floor"},
         airflow_env,
         timeout_s=900,
     )
