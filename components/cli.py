@@ -567,7 +567,7 @@ def pipeline_kubeflow(
     overrides: list[str] = SetOpt,
     output: Path = typer.Option(Path("runs/kubeflow/recall-training.yaml"), help="The compiled pipeline (YAML)."),
     local: bool = typer.Option(False, "--local", help="Also run it here, end to end, with kfp.local."),
-    run_name: str = typer.Option(None, help="--local: run directory name (default: kfp-<model>-<time>)."),
+    run_name: str = typer.Option(None, help="--local: run directory name (default: <model>-<time>)."),
     force: bool = typer.Option(False, "--force", help="--local: train even if nothing is new."),
 ) -> None:
     """Compile the Kubeflow pipeline (infra/kubeflow/pipeline.py) for the config's `kubernetes` settings; with
@@ -583,23 +583,25 @@ def pipeline_kubeflow(
     console.print(f"compiled {path} (image {cfg.kubernetes.image}; train requests {cfg.kubernetes.gpus} GPU)")
     if not local:
         return
-    import datetime as dt
+    run_dir = pipeline.new_run_dir(cfg, run_name).resolve()
 
-    run_dir = pipeline.new_run_dir(cfg, run_name or f"kfp-{cfg.model}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}")
+    def read(name: str) -> dict | None:
+        p = run_dir / f"{name}.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
     try:
-        out = kubeflow.run_local(cfg, config or "configs/demo.yaml", list(overrides or []), run_dir.resolve(), force)
+        kubeflow.run_local(cfg, config or "configs/demo.yaml", list(overrides or []), run_dir, force)
     except RuntimeError as e:
-        verdict = run_dir / "gate.json"
-        if verdict.exists() and not json.loads(verdict.read_text()).get("passed"):
+        if (verdict := read("gate")) is not None and not verdict.get("passed"):
             console.print("[red]quality gate failed:[/red] nothing exported or registered")
-            _print_gate(json.loads(verdict.read_text()))
+            _print_gate(verdict)
         else:
             console.print(f"[red]pipeline failed:[/red] {str(e).splitlines()[0]}")
         raise typer.Exit(1) from None
-    if out["nothing_new"]:
-        console.print(f"nothing new: {json.loads((run_dir / 'nothing_new.json').read_text())['reason']}")
-    elif out["registered"]:
-        console.print(f"registered {out['registered']['tag']} (candidate); run directory {run_dir}")
+    if nothing := read("nothing_new"):
+        console.print(f"nothing new: {nothing['reason']}")
+    elif registered := read("registered"):
+        console.print(f"registered {registered['tag']} (candidate); run directory {run_dir}")
 
 
 @pipeline_app.command("airflow")

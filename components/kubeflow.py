@@ -5,7 +5,6 @@ a pod of the pipeline image). ``recall pipeline kubeflow [--local]``."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -48,22 +47,15 @@ def compile_pipeline(cfg: Any, out: str | Path) -> Path:
     return out
 
 
-def run_local(cfg: Any, config: str | Path, overrides: list[str], run_dir: Path, force: bool = False,
-              pipeline_root: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """Runs the pipeline here with kfp.local (steps as subprocesses of this Python, no venv per step).
-    Returns the run's gate verdict and, when it passed, the registered version; a failed step (a failed
-    gate included) raises RuntimeError after the run, with the verdict in ``run_dir/gate.json``."""
+def run_local(cfg: Any, config: str | Path, overrides: list[str], run_dir: Path, force: bool = False) -> None:
+    """Runs the pipeline here with kfp.local (steps as subprocesses of this Python, no venv per step), its
+    artefacts under ``<out_dir>/kubeflow``. What the run did is in ``run_dir`` (gate.json, registered.json or
+    nothing_new.json); a failed step (a failed gate included) raises RuntimeError."""
     import kfp.local
 
-    root = Path(pipeline_root or Path(cfg.out_dir) / "kubeflow").resolve()
+    root = (Path(cfg.out_dir) / "kubeflow").resolve()
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     fn = build(cfg)
     with warnings.catch_warnings():  # "not a Python base image": the steps run in this environment instead
         warnings.filterwarnings("ignore", message=".*base image.*", category=RuntimeWarning)
         fn(config=str(Path(config).resolve()), overrides=list(overrides), run_name=run_dir.name, force=force)
-    out: dict[str, Any] = {"run_dir": str(run_dir), "pipeline_root": str(root)}
-    for name in ("gate", "registered"):
-        p = run_dir / f"{name}.json"
-        out[name] = json.loads(p.read_text()) if p.exists() else None
-    out["nothing_new"] = (run_dir / "nothing_new.json").exists()
-    return out

@@ -35,13 +35,8 @@ def raw_config(path: str = DEFAULT_CONFIG) -> dict[str, Any]:
 
     from components.site import merge, site_tree
 
-    p = config_path(path)
+    p = Path(path) if Path(path).is_absolute() else ROOT / path
     return merge((yaml.safe_load(p.read_text()) or {}) if p.exists() else {}, site_tree())
-
-
-def config_path(path: str) -> Path:
-    """A run config's absolute path (relative ones are the project's)."""
-    return Path(path) if Path(path).is_absolute() else ROOT / path
 
 
 def kubernetes_settings(path: str = DEFAULT_CONFIG):
