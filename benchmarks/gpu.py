@@ -52,16 +52,17 @@ def speed(models: list[str], rounds: int, device: str) -> dict[str, dict]:
             for v, s in variants.items():
                 speeds[v].append(epoch(s))
         med = {v: statistics.median(x) for v, x in speeds.items()}
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
         rows[name] = {"examples_per_s": speeds, "median": med, "amp_vs_fp32": med["amp"] / med["fp32"],
-                      "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}  # fmt: skip
+                      "peak_gpu_mib": peak}  # fmt: skip
         print(f"{name}: amp {med['amp']:,.0f}/s, fp32 {med['fp32']:,.0f}/s ({rows[name]['amp_vs_fp32']:.2f}×)",
               flush=True)  # fmt: skip
         del variants
     return rows
 
 
-def parity(models: list[str], device: str, deadline: float) -> dict[str, dict]:
-    """Full runs (the accuracy benchmark's protocol) on ``device`` with AMP on, until ``deadline``."""
+def parity(models: list[str], device: str, deadline: float, amp: bool) -> dict[str, dict]:
+    """Full runs (the accuracy benchmark's protocol) on ``device``, until ``deadline``."""
     ref_path = ROOT / "benchmarks/results/accuracy.json"
     ref = json.loads(ref_path.read_text())["models"] if ref_path.exists() else {}
     rows: dict[str, dict] = {}
@@ -69,7 +70,7 @@ def parity(models: list[str], device: str, deadline: float) -> dict[str, dict]:
         if time.monotonic() > deadline:
             print(f"parity: out of time before {name}", flush=True)
             break
-        overrides = ["data.source=ml100k", "train.progress=false", f"train.device={device}", "train.amp=true",
+        overrides = ["data.source=ml100k", "train.progress=false", f"train.device={device}", f"train.amp={amp}",
                      f"out_dir=runs/bench-gpu/{name}"]  # fmt: skip
         cfg = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
         t0 = time.perf_counter()
@@ -81,7 +82,7 @@ def parity(models: list[str], device: str, deadline: float) -> dict[str, dict]:
                       "examples_per_s": out.examples_per_s,
                       "cpu": {c: cpu["masked"][c] for c in PARITY_COLS} if cpu else None,
                       "cpu_best_epoch": cpu.get("best_epoch"), "cpu_train_seconds": cpu.get("train_seconds"),
-                      "same_recipe": same_recipe}  # fmt: skip
+                      "same_recipe": same_recipe, "amp": amp}  # fmt: skip
         print(f"parity {name}: ndcg@10 {out.test_metrics['ndcg@10']:.4f} (cpu {rows[name]['cpu']}), "
               f"{out.train_seconds:.1f} s training", flush=True)  # fmt: skip
     return rows
@@ -100,6 +101,8 @@ def main() -> None:
     ap.add_argument("--parity", nargs="*", default=PARITY, help="models trained to the end on the GPU")
     ap.add_argument("--budget-s", type=float, default=240, help="no parity run starts after this many seconds")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--parity-amp", action=argparse.BooleanOptionalAction, default=True,
+                    help="bf16 autocast in the full runs")  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gpu.json"))
     args = ap.parse_args()
     start = time.monotonic()
@@ -108,7 +111,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
     print(f"device {name}, torch {torch.__version__}", flush=True)
     rows = speed(args.models, args.rounds, args.device)
-    par = parity(args.parity, args.device, start + args.budget_s)
+    par = parity(args.parity, args.device, start + args.budget_s, args.parity_amp)
     lines = [f"Training throughput on {name} (ML-100K; median of {args.rounds} epochs per variant, alternating)", "",
              "| model | AMP bf16 examples/s | fp32 examples/s | AMP vs fp32 | peak GPU MiB |",
              "|---|---:|---:|---:|---:|"]  # fmt: skip
@@ -117,9 +120,11 @@ def main() -> None:
         lines.append(f"| {m} | {r['median']['amp']:,.0f} | {r['median']['fp32']:,.0f} | {r['amp_vs_fp32']:.2f}× "
                      f"| {peak} |")  # fmt: skip
     if par:
-        lines += ["", "Full runs on the GPU (AMP) beside the CPU reference (benchmarks/results/accuracy.json)", "",
+        lines += ["", f"Full runs on the GPU ({'AMP bf16' if args.parity_amp else 'fp32'}) beside the CPU reference "
+                  "(benchmarks/results/accuracy.json)", "",
                   "| model | same recipe | GPU recall@20 | CPU recall@20 | GPU ndcg@10 | CPU ndcg@10 | GPU best epoch "
-                  "| CPU best epoch | GPU train s | CPU train s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "| CPU best epoch | GPU train s | CPU train s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for m, r in par.items():
             cpu = r["cpu"] or {c: float("nan") for c in PARITY_COLS}
             lines.append(f"| {m} | {'yes' if r['same_recipe'] else 'no'} | {r['gpu']['recall@20']:.4f} | "

@@ -558,7 +558,8 @@ def pipeline_step(
     except pipeline.NothingNew as e:
         console.print(str(e))
         return
-    console.print_json(json.dumps(out, default=str))
+    if out:  # empty from a torchrun worker: rank 0 reports
+        console.print_json(json.dumps(out, default=str))
 
 
 @pipeline_app.command("kubeflow")
@@ -631,6 +632,8 @@ def train(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
 
     cfg = _config(config, overrides)
     out = run(cfg)
+    if out is None:  # a torchrun worker: rank 0 reports
+        return
     _metrics(
         f"{cfg.model} on {cfg.data.source}: test, full corpus, seen items masked",
         {cfg.model: out.test_metrics, "popularity": out.popularity_test},

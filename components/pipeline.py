@@ -172,6 +172,8 @@ def train(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     from . import train as tr
 
     out = tr.run(training_config(cfg, run_dir))
+    if out is None:  # a torchrun worker: rank 0 reports
+        return {}
     return {"run_dir": out.run_dir, "best_epoch": out.best_epoch, "train_seconds": round(out.train_seconds, 2),
             "examples_per_s": round(out.examples_per_s), "test": out.test_metrics}  # fmt: skip
 

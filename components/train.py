@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models import distributed
 from models.data import Split, leave_last_out, train_item_counts
 from models.evaluation import evaluate_model, evaluate_popularity
 from models.registry import build_model
@@ -61,17 +62,24 @@ class TrainOutput:
     examples_per_s: float
 
 
-def run(cfg: RunConfig, prepared: tuple[Tables, Encoded, Split] | None = None) -> TrainOutput:
+def run(cfg: RunConfig, prepared: tuple[Tables, Encoded, Split] | None = None) -> TrainOutput | None:
     """Trains ``cfg.model`` on the training split, early-stops on validation, then scores the test split.
 
-    Writes ``model.pt``, ``config.json`` (model + run config) and ``metrics.json`` into ``cfg.out_dir``.
+    Writes ``model.pt``, ``config.json`` (model + run config) and ``metrics.json`` into ``cfg.out_dir``;
+    a run into a directory where an interrupted run of the same recipe and data left its
+    ``train_state.pt`` resumes it. Under ``torchrun --nproc_per_node=N`` the training is data-parallel
+    (:class:`models.trainer.MatchTrainer`); rank 0 does everything after it, the other ranks return None.
     """
+    world = distributed.setup(cfg.train.device)
     seed_everything(cfg.train.seed)
     tables, enc, split = prepared or prepare(cfg)
     model = build_model(cfg.model, enc.schema, **cfg.model_params)
     trainer = MatchTrainer(model, cfg.train, enc.data, split)
     extra = {"run": cfg.to_dict(), "dataset_fingerprint": tables.fingerprint()}
     result: TrainResult = trainer.fit(cfg.out_dir, extra)
+    distributed.teardown()
+    if not world.main:
+        return None
     test = evaluate_model(model, enc.data, split, "test", cfg.train.max_len, cfg.exclude_seen, cfg.ks)
     pop = evaluate_popularity(train_item_counts(enc.data, split), enc.data, split, "test", cfg.exclude_seen, cfg.ks)
     out = TrainOutput(

@@ -127,6 +127,14 @@ class StreamingFrequencyEstimator:
         self.gap[h] = torch.where(first, gap, (1 - self.alpha) * self.gap[h] + self.alpha * gap)
         self.last[h] = float(self.step)
 
+    def state(self) -> dict:
+        return {"last": self.last.clone(), "gap": self.gap.clone(), "step": self.step}
+
+    def load_state(self, state: dict) -> None:
+        self.last.copy_(state["last"])
+        self.gap.copy_(state["gap"])
+        self.step = int(state["step"])
+
     def probability(self, items: torch.Tensor) -> torch.Tensor:
         """Estimated probability that each item appears in a batch (1 / average gap)."""
         g = self.gap[self._bucket(items.to(self.gap.device))]

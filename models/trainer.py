@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from .base import RecallModel, score_pairs
 from .data import SequenceData, Split, build_batch, item_batch, n_targets, train_item_counts, training_examples
 from .evaluation import evaluate_model, item_embeddings, user_embeddings
@@ -53,7 +59,11 @@ class TrainConfig:
     max_len: int = 50
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; no effect on CPU
+    # bf16 autocast on CUDA (no effect on CPU). Off by default: on an H200 it trained 9 of the 12 recipes
+    # slower than fp32 (0.53-0.98x; these towers are too small for the matrix units to pay for the casts)
+    # and cost YoutubeDNN a quarter of its Recall@20 (bf16 logits at temperature 0.05):
+    # benchmarks/results/gpu.json, gpu_fp32.json.
+    amp: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -85,16 +95,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class _Loss(nn.Module):
+    """The training loss as a module, for DistributedDataParallel to wrap: it averages the gradients of
+    the wrapped parameters across ranks on the backward pass of what ``forward`` returned."""
+
+    def __init__(self, trainer: MatchTrainer):
+        super().__init__()
+        self.model = trainer.model
+        self.trainer = trainer  # not a module: not registered
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.trainer.loss(batch)
+
+
 class MatchTrainer:
     """Trains a recall model on the training part of a leave-last-out split.
 
     Early stopping and best-checkpoint selection use the validation events only; the test events are
     never looked at here.
+
+    Under ``torchrun`` (:mod:`models.distributed`) the same loop is data-parallel: every rank draws the
+    same shuffled order and the same negatives (one generator, one seed), takes every ``world``-th row of
+    each batch of ``batch_size`` — so the global batch, and the learning rate tuned for it, stay as in a
+    single process — and DistributedDataParallel averages the gradients. Shared sampled negatives are
+    therefore shared by the whole global batch; in-batch negatives are per rank (a rank's rows are each
+    other's negatives); the streaming frequency estimator sees every rank's targets. Rank 0 evaluates,
+    decides early stopping and writes checkpoints.
     """
 
     def __init__(self, model: RecallModel, config: TrainConfig, data: SequenceData, split: Split):
         self.config = config
-        self.device = resolve_device(config.device)
+        self.world = distributed.world()
+        self.device = distributed.rank_device(resolve_device(config.device))
         self.model = model.to(self.device)
         self.data, self.split = data, split
         self.gen = torch.Generator().manual_seed(config.seed)
@@ -117,6 +149,11 @@ class MatchTrainer:
         )
         self.amp = config.amp and self.device.type == "cuda"
         self._catalogue: torch.Tensor | None = None
+        self._step_loss = self.loss
+        if self.world.size > 1:
+            self._step_loss = DistributedDataParallel(
+                _Loss(self), device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
 
     # --- loss ----------------------------------------------------------------------------------
     def _items(self, idx: torch.Tensor) -> torch.Tensor:
@@ -144,7 +181,7 @@ class MatchTrainer:
                 estimator = getattr(model, "frequency_estimator", None)
                 if cfg.logq and estimator is not None:  # streaming estimate (YoutubeSBC)
                     if model.training:
-                        estimator.update(tgt)
+                        estimator.update(distributed.gather(tgt))
                     lq = estimator.log_q(tgt).to(q.device)
                 elif cfg.logq:
                     lq = self.log_q_freq[tgt]
@@ -218,8 +255,9 @@ class MatchTrainer:
     # --- loop ----------------------------------------------------------------------------------
     def train_epoch(self, users: torch.Tensor, positions: torch.Tensor, epoch: int = 1) -> tuple[float, int]:
         """One pass over the training examples (``training_examples``) in a fresh random order; returns
-        the summed loss and the number of steps. A non-finite loss stops training with an error."""
-        cfg, model = self.config, self.model
+        the summed loss (over ranks) and the number of steps. A non-finite loss stops training with an
+        error."""
+        cfg, model, w = self.config, self.model, self.world
         ctx = model.train_context
         model.train()
         perm = torch.randperm(users.numel(), generator=self.gen)
@@ -227,15 +265,18 @@ class MatchTrainer:
         bar = tqdm(
             range(0, perm.numel(), cfg.batch_size),
             desc=f"{model.name} epoch {epoch}",
-            disable=None if cfg.progress else True,
+            disable=None if cfg.progress and w.main else True,
             leave=False,
         )
         for start in bar:
-            idx = perm[start : start + cfg.batch_size]
+            rows = perm[start : start + cfg.batch_size]
+            if rows.numel() < w.size:  # the last batch, too short to give every rank a row
+                break
+            idx = rows[w.rank :: w.size]
             batch = build_batch(self.data, users[idx], positions[idx], cfg.max_len, model.causal, ctx)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.loss(batch).float() + self.regularization()
+                loss = self._step_loss(batch).float() + self.regularization()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} at epoch {epoch}, step {steps}; "
@@ -250,47 +291,121 @@ class MatchTrainer:
             steps += 1
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{total / steps:.4f}")
-        return total, steps
+        return distributed.total(total, self.device) / w.size, steps
 
     def fit(self, out_dir: str | Path | None = None, extra: dict | None = None) -> TrainResult:
-        cfg, model = self.config, self.model
+        """Trains until ``epochs`` or early stopping; with ``out_dir``, writes the checkpoint there.
+
+        With ``out_dir``, the state after each epoch (weights, optimizer, random streams, the
+        early-stopping bookkeeping) is kept in ``train_state.pt``: a run started again into the same
+        directory — a restarted ``torchrun`` after a rank died, a retried task — resumes after the last
+        finished epoch instead of from scratch, if the state is of the same model, recipe and data
+        (``extra["dataset_fingerprint"]``). The file is removed once the checkpoint is written. On ranks
+        other than 0 the result carries the training time only.
+        """
+        cfg, model, w = self.config, self.model, self.world
         ctx = model.train_context
         users, positions = training_examples(self.data, self.split, model.causal, cfg.max_len, ctx)
         if users.numel() == 0:
             raise ValueError("no training examples: every user needs at least 2 training events")
         per_epoch = n_targets(self.split, model.causal, users, positions, cfg.max_len, ctx)
-        best_score, best_epoch, best_state, bad = float("-inf"), 0, None, 0
         result = TrainResult(best_epoch=0, best_score=float("nan"), val_metrics={})
-        for epoch in range(1, cfg.epochs + 1):
+        track = {"best_score": float("-inf"), "best_epoch": 0, "bad": 0, "best_state": None}
+        state_path = Path(out_dir, "train_state.pt") if out_dir is not None else None
+        key = self._resume_key(extra)
+        first = 1
+        if state_path is not None and w.main:
+            for torn in state_path.parent.glob(f"{state_path.name}.*.tmp"):  # a rank stopped mid-write
+                torn.unlink()
+        if state_path is not None and state_path.exists():
+            first = self._resume(state_path, key, result, track)
+        for epoch in range(first, cfg.epochs + 1):
             t0 = time.perf_counter()
             total, steps = self.train_epoch(users, positions, epoch)
             result.train_seconds += time.perf_counter() - t0
             result.examples += per_epoch
-            val = evaluate_model(model, self.data, self.split, "val", cfg.max_len, ks=(10, 20, 50, 100))
-            current = val[cfg.monitor]
-            result.history.append({"epoch": epoch, "loss": total / max(steps, 1), **val})
-            logger.info(
-                "%s epoch %d loss %.4f val %s %.4f", model.name, epoch, total / max(steps, 1), cfg.monitor, current
-            )
-            if current > best_score:
-                best_score, best_epoch, bad = current, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-                result.val_metrics = val
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
-                    break
-        if best_state is not None and cfg.restore_best:
-            model.load_state_dict(best_state)
-        result.best_epoch, result.best_score = best_epoch, best_score
+            stop = False
+            if w.main:
+                val = evaluate_model(model, self.data, self.split, "val", cfg.max_len, ks=(10, 20, 50, 100))
+                current = val[cfg.monitor]
+                result.history.append({"epoch": epoch, "loss": total / max(steps, 1), **val})
+                logger.info(
+                    "%s epoch %d loss %.4f val %s %.4f", model.name, epoch, total / max(steps, 1), cfg.monitor, current
+                )
+                if current > track["best_score"]:
+                    best = copy.deepcopy(model.state_dict())
+                    track.update(best_score=current, best_epoch=epoch, bad=0, best_state=best)
+                    result.val_metrics = val
+                else:
+                    track["bad"] += 1
+                    stop = track["bad"] >= cfg.patience
+                    if stop:
+                        logger.info("early stop at epoch %d (best %d)", epoch, track["best_epoch"])
+                if state_path is not None:
+                    self._save_state(state_path, key, epoch, result, track)
+            if distributed.broadcast_flags([stop], self.device)[0]:
+                break
+        if not w.main:
+            return result
+        if track["best_state"] is not None and cfg.restore_best:
+            model.load_state_dict(track["best_state"])
+        result.best_epoch, result.best_score = track["best_epoch"], track["best_score"]
         if out_dir is not None:
             save_checkpoint(
                 model,
                 out_dir,
-                {"train": asdict(cfg), "best_epoch": best_epoch, "val_metrics": result.val_metrics, **(extra or {})},
+                {"train": asdict(cfg), "best_epoch": result.best_epoch, "val_metrics": result.val_metrics}
+                | (extra or {}),
             )
+            state_path.unlink(missing_ok=True)
         return result
+
+    # --- resume --------------------------------------------------------------------------------
+    def _resume_key(self, extra: dict | None) -> str:
+        """What a saved state must have been trained with: the model, the recipe (not where it ran or how
+        visibly) and the data."""
+        recipe = {k: v for k, v in asdict(self.config).items() if k not in ("device", "progress")}
+        what = {"model": self.model.config(), "train": recipe, "data": (extra or {}).get("dataset_fingerprint")}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _save_state(self, path: Path, key: str, epoch: int, result: TrainResult, track: dict) -> None:
+        estimator = getattr(self.model, "frequency_estimator", None)
+        state = {
+            "key": key,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "estimator": estimator.state() if estimator is not None else None,
+            "track": track,
+            "result": asdict(result),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # a rank killed mid-write leaves the previous epoch's state whole
+
+    def _resume(self, path: Path, key: str, result: TrainResult, track: dict) -> int:
+        """Loads a saved state of this run into the trainer; returns the first epoch still to train."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state["key"] != key:
+            logger.warning("ignoring %s: it was saved by a run of another model, recipe or data", path)
+            return 1
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"].cpu())
+        if self.world.size == 1:  # other ranks keep their own dropout streams
+            torch.set_rng_state(state["torch_rng"].cpu())
+        if state["estimator"] is not None:
+            self.model.frequency_estimator.load_state(state["estimator"])
+        track.update(state["track"])
+        for k, v in state["result"].items():
+            setattr(result, k, v)
+        logger.info("%s: resumed from %s after epoch %d", self.model.name, path, state["epoch"])
+        if track["bad"] >= self.config.patience:  # it had stopped early: only the checkpoint is missing
+            return self.config.epochs + 1
+        return state["epoch"] + 1
 
     def inference_embedding(
         self, mode: str = "user", users: torch.Tensor | None = None, pos: torch.Tensor | None = None

@@ -61,8 +61,11 @@ class YoutubeDNN(RecallModel):
                 f"set user_params['dims'][-1] = {self.item_dim}"
             )
         self.pooling = pooling
-        # softplus⁻¹(decay_rate), so the learned rate starts at decay_rate and stays positive.
-        self.decay = nn.Parameter(torch.tensor(math.log(math.expm1(decay_rate))))
+        if pooling == "time_decay":
+            # softplus⁻¹(decay_rate), so the learned rate starts at decay_rate and stays positive.
+            self.decay = nn.Parameter(torch.tensor(math.log(math.expm1(decay_rate))))
+        else:  # checkpoints written before mean pooling stopped holding an unused rate still load
+            self._register_load_state_dict_pre_hook(lambda sd, prefix, *_: sd.pop(prefix + "decay", None))
         self.normalize = normalize
         self.history_len = history_len
         self._remember(

@@ -1,0 +1,93 @@
+"""A training run interrupted after an epoch resumes from its ``train_state.pt`` and ends exactly where
+the uninterrupted run ends; a state of another recipe is not resumed."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from components.config import load_config
+from components.train import run
+from models.trainer import MatchTrainer
+
+SMALL = [
+    "data.synthetic.n_users=150",
+    "data.synthetic.n_items=90",
+    "data.synthetic.n_interactions=4000",
+    "train.epochs=4",
+    "train.patience=10",
+    "train.progress=false",
+    "train.max_len=20",
+]
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-exact comparisons: with several threads CPU reductions are not reproducible run to run."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _weights(d):
+    return torch.load(d / "model.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("model", ["sasrec", "youtube_sbc"])  # dropout's stream; the frequency estimator
+def test_a_killed_run_resumes_after_its_last_epoch_and_ends_as_if_never_stopped(
+    model, tmp_path, monkeypatch, caplog, one_thread
+):
+    whole = run(load_config(None, [*SMALL, f"model={model}", f"out_dir={tmp_path / 'whole'}"]))
+    cfg = load_config(None, [*SMALL, f"model={model}", f"out_dir={tmp_path / 'cut'}"])
+    real = MatchTrainer.train_epoch
+
+    def dies_in_epoch_3(self, users, positions, epoch=1):
+        if epoch == 3:
+            raise KeyboardInterrupt("killed")
+        return real(self, users, positions, epoch)
+
+    monkeypatch.setattr(MatchTrainer, "train_epoch", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    state = torch.load(tmp_path / "cut/train_state.pt", weights_only=True)
+    assert state["epoch"] == 2 and not (tmp_path / "cut/model.pt").exists()
+
+    monkeypatch.setattr(MatchTrainer, "train_epoch", real)
+    with caplog.at_level(logging.INFO, logger="models.trainer"):
+        resumed = run(cfg)
+    assert "resumed from" in caplog.text and "after epoch 2" in caplog.text
+    assert not (tmp_path / "cut/train_state.pt").exists()  # nothing left once the checkpoint is written
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.test_metrics == whole.test_metrics and resumed.best_epoch == whole.best_epoch
+
+
+def test_a_state_of_another_recipe_is_not_resumed(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "run"
+    real = MatchTrainer.train_epoch
+
+    def dies_in_epoch_2(self, users, positions, epoch=1):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, users, positions, epoch)
+
+    monkeypatch.setattr(MatchTrainer, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(load_config(None, [*SMALL, "model=sasrec", f"out_dir={out}"]))
+    monkeypatch.setattr(MatchTrainer, "train_epoch", real)
+    with caplog.at_level(logging.INFO, logger="models.trainer"):
+        run(load_config(None, [*SMALL, "model=sasrec", "train.lr=0.01", f"out_dir={out}"]))
+    assert "another model, recipe or data" in caplog.text and "resumed" not in caplog.text
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 4
+
+
+def test_a_youtube_dnn_checkpoint_from_before_mean_pooling_dropped_its_unused_rate_still_loads(tmp_path):
+    from models.registry import load_checkpoint
+
+    run(load_config(None, [*SMALL, "model=youtube_dnn", "train.epochs=1", f"out_dir={tmp_path}"]))
+    state = _weights(tmp_path)
+    torch.save({**state, "decay": torch.tensor(-4.6)}, tmp_path / "model.pt")
+    model, _ = load_checkpoint(tmp_path)
+    assert not hasattr(model, "decay")
