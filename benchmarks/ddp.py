@@ -37,7 +37,7 @@ def one_run(nproc: int, config: str | None, settings: list[str], seed: int, thre
     train = ["-m", "components.cli", "train", *(["-c", config] if config else [])]
     for kv in [*settings, "train.progress=false", f"train.seed={seed}", f"out_dir={out}"]:
         train += ["-s", kv]
-    launch = [] if nproc == 1 else ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    launch = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [sys.executable, *launch, *train]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads // nproc))}
     t0 = time.perf_counter()

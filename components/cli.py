@@ -562,6 +562,22 @@ def pipeline_step(
         console.print_json(json.dumps(out, default=str))
 
 
+@pipeline_app.command("pytorchjob")
+def pipeline_pytorchjob(
+    run_dir: Path = typer.Option(..., help="The run directory (on the shared volume) the job trains into."),
+    config: Path = ConfigOpt,
+    overrides: list[str] = SetOpt,
+) -> None:
+    """Print the PyTorchJob (Kubeflow training operator) that a multi-node run (kubernetes.nodes > 1)
+    submits for its train step, from the config and site config; `| kubectl apply -f -` submits it."""
+    import yaml
+
+    from .k8s import pytorch_job
+
+    cfg = _config(config, overrides)
+    typer.echo(yaml.safe_dump(pytorch_job(cfg.kubernetes, str(run_dir)), sort_keys=False), nl=False)
+
+
 @pipeline_app.command("kubeflow")
 def pipeline_kubeflow(
     config: Path = ConfigOpt,

@@ -178,6 +178,29 @@ def train(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
             "examples_per_s": round(out.examples_per_s), "test": out.test_metrics}  # fmt: skip
 
 
+def train_in_pod(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
+    """The train step where the step itself is a pod (Kubeflow): in this process; under torchrun, one
+    process per GPU, with ``kubernetes.gpus`` > 1; with ``kubernetes.nodes`` > 1 as a PyTorchJob that this
+    pod submits and waits for (its ServiceAccount needs infra/k8s/base/training.yaml's Role)."""
+    import subprocess
+
+    from .k8s import pytorch_job, run_job, train_command
+
+    k8s, run_dir = cfg.kubernetes, str(Path(run_dir).resolve())
+    if k8s.nodes > 1:
+        from kubernetes import client, config
+
+        config.load_incluster_config()
+        run_job(client.CustomObjectsApi(), pytorch_job(k8s, run_dir), k8s.job_timeout_s)
+    elif k8s.gpus > 1:
+        subprocess.run(train_command(k8s, run_dir), check=True)
+    else:
+        return train(cfg, run_dir)
+    m = _read(Path(run_dir), "metrics.json", "train")  # rank 0 wrote it on the shared volume
+    return {"run_dir": run_dir, "best_epoch": m["best_epoch"], "train_seconds": round(m["train_seconds"], 2),
+            "examples_per_s": round(m["examples_per_s"]), "test": m["test_metrics"]}  # fmt: skip
+
+
 def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     """Full-corpus metrics (seen items masked) on validation and test of the candidate, popularity and
     the production version — all three on the candidate's evaluation events (:mod:`components.compare`)

@@ -15,7 +15,9 @@ and report); nothing is exported or registered. Each run writes into its own dir
 
 The train task runs in-process (CUDA when present). With `kubernetes.enabled: true` in the config (or
 `RECALL_KUBERNETES=1` when the scheduler parses this file) it is a `KubernetesPodOperator` on a GPU node
-running the same entry point, `recall pipeline step train`.
+running the same entry point, `recall pipeline step train` (under torchrun, one process per GPU, with
+`kubernetes.gpus` > 1); with `kubernetes.nodes` > 1 it submits a PyTorchJob of the Kubeflow training
+operator (that many pods) and waits for it.
 
 Params: `config` (default `$RECALL_CONFIG` or `configs/demo.yaml`), `model` (empty: the config's),
 `overrides` (`key=value` settings, e.g. `train.epochs=30`; `bentoml_store=false` keeps the version out
@@ -28,8 +30,6 @@ from __future__ import annotations
 from airflow.sdk import Asset, Param, dag, task
 from recall_common import DEFAULT_CONFIG, FEATURES_ASSET_URI, dag_defaults, kubernetes_settings, project
 
-RUN_CONFIG = "run_config.json"  # components.pipeline.RUN_CONFIG (not imported: parse time stays light)
-
 FEATURES = Asset(FEATURES_ASSET_URI, group="recall")
 K8S = kubernetes_settings()
 
@@ -39,33 +39,32 @@ def train_pod(k8s):
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k
 
-    run_dir = "ti.xcom_pull(task_ids='training_set')['run_dir']"
+    from components.k8s import train_command
+
+    # absolute paths on the shared volume; the settings are the ones training_set saw
+    command = train_command(k8s, "{{ ti.xcom_pull(task_ids='training_set')['run_dir'] }}")
     gpus = str(k8s.gpus)
     limits = {"nvidia.com/gpu": gpus, "cpu": str(k8s.cpu), "memory": str(k8s.memory)}
+    volumes = [k.V1Volume(name="runs", persistent_volume_claim=k.V1PersistentVolumeClaimVolumeSource(
+        claim_name=k8s.volume_claim))]  # fmt: skip
+    mounts = [k.V1VolumeMount(name="runs", mount_path=k8s.mount_path)]
+    if k8s.gpus > 1:  # NCCL between the pod's processes goes through shared memory: more than the 64 MiB default
+        volumes.append(k.V1Volume(name="dshm", empty_dir=k.V1EmptyDirVolumeSource(medium="Memory")))
+        mounts.append(k.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
     return KubernetesPodOperator(
         task_id="train",
         name="recall-train",
         namespace=k8s.namespace,
         image=k8s.image,
-        cmds=["recall"],
-        arguments=[  # absolute paths on the shared volume; the settings are the ones training_set saw
-            "pipeline", "step", "train",
-            "--config", f"{{{{ {run_dir} }}}}/{RUN_CONFIG}",
-            "--run-dir", f"{{{{ {run_dir} }}}}",
-            "--set", "train.device=cuda",  # on a GPU node a CPU fallback would be a silent 50x slowdown
-        ],  # fmt: skip
+        cmds=command[:1],
+        arguments=command[1:],
         container_resources=k.V1ResourceRequirements(
             limits=limits, requests={"cpu": limits["cpu"], "memory": limits["memory"], "nvidia.com/gpu": gpus}
         ),
         node_selector=k8s.node_selector,
         tolerations=[k.V1Toleration(**t) for t in k8s.tolerations],
-        volumes=[
-            k.V1Volume(
-                name="runs",
-                persistent_volume_claim=k.V1PersistentVolumeClaimVolumeSource(claim_name=k8s.volume_claim),
-            )
-        ],
-        volume_mounts=[k.V1VolumeMount(name="runs", mount_path=k8s.mount_path)],
+        volumes=volumes,
+        volume_mounts=mounts,
         service_account_name=k8s.service_account,
         startup_timeout_seconds=k8s.startup_timeout_s,
         get_logs=True,
@@ -122,9 +121,23 @@ def recall_training():
         print(f"{name}: {out}")
         return {"run_dir": run["run_dir"], **out}
 
+    @task(task_id="train")
+    def train_job(run: dict) -> dict:
+        """The train step as a multi-node PyTorchJob: submitted from the worker (its ServiceAccount may
+        create PyTorchJobs in this namespace: infra/k8s/base/training.yaml), waited for."""
+        from kubernetes import client, config
+
+        from components.k8s import pytorch_job, run_job
+
+        config.load_incluster_config()
+        run_job(client.CustomObjectsApi(), pytorch_job(K8S, run["run_dir"]), K8S.job_timeout_s)
+        return run
+
     run = training_set()
     pod = None
-    if K8S.enabled:
+    if K8S.enabled and K8S.nodes > 1:
+        run = train_job(run)
+    elif K8S.enabled:
         pod = train_pod(K8S)  # reads the run directory from training_set's XCom; writes to the shared volume
         run >> pod
     else:

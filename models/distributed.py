@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import rendezvous
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,12 @@ def setup(device: str = "auto") -> World:
     if size > 1 and not dist.is_initialized():
         wants_gpu = device != "cpu" and torch.cuda.is_available()
         own_gpu = wants_gpu and torch.cuda.device_count() >= int(os.environ.get("LOCAL_WORLD_SIZE", size))
-        dist.init_process_group("nccl" if own_gpu else "gloo")
+        # torchrun's store outlives a restart of the workers: keys of a round under its own prefix, or a
+        # rank of the new round can read a killed rank's address and fail to connect.
+        store, rank, size = next(rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"recall/attempt-{attempt}", store)
+        dist.init_process_group("nccl" if own_gpu else "gloo", store=store, rank=rank, world_size=size)
         if wants_gpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return world()

@@ -82,7 +82,7 @@ def build(k8s: Any) -> Any:
     def train(run_dir: str) -> str:
         from components import pipeline
 
-        print(pipeline.train(pipeline.run_config(run_dir), run_dir))
+        print(pipeline.train_in_pod(pipeline.run_config(run_dir), run_dir))
         return run_dir
 
     @component
@@ -177,7 +177,9 @@ def build(k8s: Any) -> Any:
         run_dir = on_volume(training_set(config=config, overrides=overrides, snapshot=snapshot, run_name=run_name,
                                          force=force)).output  # fmt: skip
         with dsl.If(run_dir != "", name="something-new"):
-            trained = on_gpu(on_volume(train(run_dir=run_dir)))
+            trained = on_volume(train(run_dir=run_dir))
+            if k8s.nodes == 1:  # else the step only submits the PyTorchJob, whose pods have the GPUs
+                on_gpu(trained)
             evaluated = on_volume(evaluate(run_dir=trained.output)).outputs["Output"]
             verdict = on_volume(gate(run_dir=evaluated)).outputs["Output"]
             with dsl.If(verdict == "passed", name="gate-passed"):

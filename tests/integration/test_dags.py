@@ -95,16 +95,22 @@ TRAINING_GRAPH = {
 }  # fmt: skip
 
 POD = """
-import json
+import json, os
 from airflow.dag_processing.dagbag import BundleDagBag
 from kubernetes.client import ApiClient
-bag = BundleDagBag(dag_folder={folder!r}, bundle_path={folder!r})
-assert not bag.import_errors, bag.import_errors
-dag = bag.dags["recall_training"]
-train = dag.get_task("train")
-pod = ApiClient().sanitize_for_serialization(train.build_pod_request_obj())
-print("JSON" + json.dumps({{"operator": type(train).__name__, "pod": pod,
-                           "down": sorted(train.downstream_task_ids), "up": sorted(train.upstream_task_ids)}}))
+out = []
+for site in {sites!r}:  # the DAG module reads the site config when parsed: one bag per site
+    os.environ["RECALL_SITE_CONFIG"] = site
+    bag = BundleDagBag(dag_folder={folder!r}, bundle_path={folder!r})
+    assert not bag.import_errors, bag.import_errors
+    train = bag.dags["recall_training"].get_task("train")
+    pod = None
+    if hasattr(train, "build_pod_request_obj"):
+        pod = ApiClient().sanitize_for_serialization(train.build_pod_request_obj())
+    out.append({{"operator": type(train).__name__, "pod": pod,
+                 "callable": getattr(getattr(train, "python_callable", None), "__name__", None),
+                 "down": sorted(train.downstream_task_ids), "up": sorted(train.upstream_task_ids)}})
+print("JSON" + json.dumps(out))
 """
 
 
@@ -124,10 +130,14 @@ def test_kubernetes_mode_renders_a_gpu_training_pod(airflow_env, tmp_path):
         "current-context: c\n"
     )
     env = {**airflow_env, "RECALL_SITE_CONFIG": str(site_file), "KUBECONFIG": str(kubeconfig)}
-    res = subprocess.run([sys.executable, "-c", POD.format(folder=str(ROOT / "dags"))], env=env,
+    sites = [str(site_file)]
+    for name, change in (("multi-gpu", {"gpus": 4}), ("multi-node", {"gpus": 4, "nodes": 2})):
+        sites.append(str(tmp_path / f"{name}.yaml"))
+        Path(sites[-1]).write_text(yaml.safe_dump({**site, "kubernetes": {**site["kubernetes"], **change}}))
+    res = subprocess.run([sys.executable, "-c", POD.format(folder=str(ROOT / "dags"), sites=sites)], env=env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    info = json.loads(res.stdout.split("JSON", 1)[1])
+    info, multi_gpu, multi_node = json.loads(res.stdout.split("JSON", 1)[1])
     assert info["operator"] == "KubernetesPodOperator"
     assert info["up"] == ["training_set"] and info["down"] == ["evaluate"]  # same place in the graph
     spec = info["pod"]["spec"]
@@ -152,11 +162,22 @@ def test_kubernetes_mode_renders_a_gpu_training_pod(airflow_env, tmp_path):
     assert off_volume(cfg, {"out_dir": "runs/demo", "features.dir": "/data/features"}) == [
         "out_dir=runs/demo", "features.dir=/data/features"]  # fmt: skip
 
+    # Four GPUs in the pod: torchrun starts one training process per GPU, with room in /dev/shm for NCCL.
+    (container,) = multi_gpu["pod"]["spec"]["containers"]
+    assert container["command"] == ["torchrun"] and container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert container["args"][:5] == ["--nproc_per_node=4", "--standalone", "-m", "components.cli", "pipeline"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    # Two nodes: the train task submits a PyTorchJob (rendered and checked in tests/unit/test_k8s.py) and
+    # waits for it, in the same place in the graph.
+    assert multi_node["callable"] == "train_job" and multi_node["pod"] is None
+    assert multi_node["up"] == ["training_set"] and multi_node["down"] == ["evaluate"]
+
     # Switched off, the same DAG trains in-process.
     off = {**env, "RECALL_KUBERNETES": "0"}
-    res = subprocess.run([sys.executable, "-c", POD.format(folder=str(ROOT / "dags"))], env=off,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert res.returncode != 0 and "build_pod_request_obj" in res.stderr
+    res = subprocess.run([sys.executable, "-c", POD.format(folder=str(ROOT / "dags"), sites=[str(site_file)])],
+                         env=off, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.split("JSON", 1)[1])[0]["callable"] == "step"
 
 
 def _world(tmp_path, lift, seed):

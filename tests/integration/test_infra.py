@@ -231,9 +231,15 @@ def test_dockerfile_copies_what_exists_and_runs_an_installed_console_script():
     assert froms and all(pinned(f) for f in froms)
     assert re.search(r"^USER (?!root)\w+", text, re.M)  # never root
     assert re.search(r"&& recall --help", text) and "recall" in scripts  # the build fails without the script
-    # The commands pods run the image with are the installed console script.
-    dag = (ROOT / "dags" / "recall_training.py").read_text()
-    assert re.search(r'cmds=\["(\w+)"\]', dag)[1] in scripts
+    # The commands pods run the image with: the installed console script, or torch's torchrun on the
+    # installed package (several GPUs or nodes).
+    from components.k8s import KubernetesConfig, train_command
+
+    assert train_command(KubernetesConfig(), "/r")[0] in scripts
+    multi = train_command(KubernetesConfig(gpus=4), "/r")
+    assert multi[0] == "torchrun" and multi[multi.index("-m") + 1] == "components.cli"
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert "components*" in packages["include"]  # so -m components.cli finds the installed package
     reqs = (INFRA / "kubeflow" / "requirements.txt").read_text()
     assert re.search(r"^kfp==\S+", reqs, re.M)
 
@@ -287,6 +293,15 @@ def test_kubeflow_pipeline_compiles_with_a_gpu_train_step(tmp_path, monkeypatch)
     # The gate decides: export/index/register sit under the verdict's condition, gate_failed under its else.
     text = out.read_text()
     assert "gate-passed" in text and "gate-failed" in text
+
+    # Across nodes the train step only submits the PyTorchJob (components.k8s.pytorch_job), whose pods
+    # have the GPUs: the step itself asks for none.
+    multi = tmp_path / "multi-node.yaml"
+    multi.write_text(yaml.safe_dump({**yaml.safe_load(site_file.read_text()), "kubernetes": {**k8s, "nodes": 2}}))
+    monkeypatch.setenv("RECALL_SITE_CONFIG", str(multi))
+    out = kubeflow.compile_pipeline(load_config("configs/demo.yaml"), tmp_path / "multi.yaml")
+    executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
+    assert not [n for n, e in executors.items() if "accelerator" in e["container"].get("resources", {})]
 
 
 def registered_metric(registry: Path, name: str) -> float:
