@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,6 +47,9 @@ class TrainConfig:
     margin: float = 0.0  # pair-wise mode: 0 = BPR, > 0 = triplet hinge with this margin
     hard_pool: int = 2048  # candidate pool scored to mine hard negatives
     catalogue_tower_max: int = 20_000  # up to this many items, run the item tower on all of them per step
+    # Above this many items mode "full" (a softmax over the whole catalogue: a batch × items logit matrix
+    # per step) becomes a sampled softmax with log-Q-corrected popularity negatives; None: never.
+    full_softmax_max_items: int | None = 100_000
     epochs: int = 20
     batch_size: int = 1024
     lr: float = 1e-3
@@ -124,6 +128,15 @@ class MatchTrainer:
     """
 
     def __init__(self, model: RecallModel, config: TrainConfig, data: SequenceData, split: Split):
+        cap = config.full_softmax_max_items
+        if config.mode == "full" and cap is not None and data.n_items > cap:
+            negative = config.negative if config.negative != "hard" else "popularity"
+            logger.warning(
+                "%d items > train.full_softmax_max_items=%d: training with a sampled softmax (%d %s negatives, "
+                "log-Q corrected) instead of a full softmax; set train.full_softmax_max_items=null to keep it",
+                data.n_items, cap, config.num_negatives, negative,
+            )  # fmt: skip
+            config = dataclasses.replace(config, mode="listwise", negative=negative, logq=True)
         self.config = config
         self.world = distributed.world()
         self.device = distributed.rank_device(resolve_device(config.device))

@@ -1,5 +1,6 @@
-"""A training run interrupted after an epoch resumes from its ``train_state.pt`` and ends exactly where
-the uninterrupted run ends; a state of another recipe is not resumed."""
+"""MatchTrainer across a run: a run interrupted after an epoch resumes from its ``train_state.pt`` and
+ends exactly where the uninterrupted run ends; a state of another recipe is not resumed; a full softmax
+over too large a catalogue becomes a sampled one."""
 
 import json
 import logging
@@ -8,8 +9,10 @@ import pytest
 import torch
 
 from components.config import load_config
-from components.train import run
-from models.trainer import MatchTrainer
+from components.train import prepare, run
+from models.data import build_batch, training_examples
+from models.registry import build_model
+from models.trainer import MatchTrainer, TrainConfig
 
 SMALL = [
     "data.synthetic.n_users=150",
@@ -91,3 +94,23 @@ def test_a_youtube_dnn_checkpoint_from_before_mean_pooling_dropped_its_unused_ra
     torch.save({**state, "decay": torch.tensor(-4.6)}, tmp_path / "model.pt")
     model, _ = load_checkpoint(tmp_path)
     assert not hasattr(model, "decay")
+
+
+def test_a_full_softmax_over_too_large_a_catalogue_becomes_a_sampled_one_and_says_so(caplog):
+    cfg = load_config(None, [*SMALL, "model=sasrec", "train.mode=full"])
+    _, enc, split = prepare(cfg)
+    n = enc.data.n_items
+    with caplog.at_level(logging.WARNING, logger="models.trainer"):
+        t = MatchTrainer(build_model("sasrec", enc.schema), TrainConfig(mode="full", full_softmax_max_items=n - 1,
+                                                                        max_len=20), enc.data, split)  # fmt: skip
+    assert (t.config.mode, t.config.negative, t.config.logq) == ("listwise", "popularity", True)
+    assert "full_softmax_max_items" in caplog.text
+    users, pos = training_examples(enc.data, split, True, 20, t.model.train_context)
+    batch = build_batch(enc.data, users[:64], pos[:64], 20, True, t.model.train_context)
+    assert torch.isfinite(t.loss(batch))  # the sampled loss runs on a real batch
+    kept = MatchTrainer(build_model("sasrec", enc.schema), TrainConfig(mode="full", full_softmax_max_items=n,
+                                                                       max_len=20), enc.data, split)  # fmt: skip
+    assert kept.config.mode == "full"
+    never = MatchTrainer(build_model("sasrec", enc.schema), TrainConfig(mode="full", full_softmax_max_items=None,
+                                                                        max_len=20), enc.data, split)  # fmt: skip
+    assert never.config.mode == "full"
