@@ -38,26 +38,31 @@ def _weights(d):
     return torch.load(d / "model.pt", weights_only=True)
 
 
+def _killed_in_epoch(cfg, epoch: int, monkeypatch) -> None:
+    """Runs ``cfg`` until a KeyboardInterrupt in epoch ``epoch`` (after the state of the one before)."""
+    real = MatchTrainer.train_epoch
+
+    def dies(self, users, positions, e=1):
+        if e == epoch:
+            raise KeyboardInterrupt("killed")
+        return real(self, users, positions, e)
+
+    monkeypatch.setattr(MatchTrainer, "train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.setattr(MatchTrainer, "train_epoch", real)
+
+
 @pytest.mark.parametrize("model", ["sasrec", "youtube_sbc"])  # dropout's stream; the frequency estimator
 def test_a_killed_run_resumes_after_its_last_epoch_and_ends_as_if_never_stopped(
     model, tmp_path, monkeypatch, caplog, one_thread
 ):
     whole = run(load_config(None, [*SMALL, f"model={model}", f"out_dir={tmp_path / 'whole'}"]))
     cfg = load_config(None, [*SMALL, f"model={model}", f"out_dir={tmp_path / 'cut'}"])
-    real = MatchTrainer.train_epoch
-
-    def dies_in_epoch_3(self, users, positions, epoch=1):
-        if epoch == 3:
-            raise KeyboardInterrupt("killed")
-        return real(self, users, positions, epoch)
-
-    monkeypatch.setattr(MatchTrainer, "train_epoch", dies_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
+    _killed_in_epoch(cfg, 3, monkeypatch)
     state = torch.load(tmp_path / "cut/train_state.pt", weights_only=True)
     assert state["epoch"] == 2 and not (tmp_path / "cut/model.pt").exists()
 
-    monkeypatch.setattr(MatchTrainer, "train_epoch", real)
     with caplog.at_level(logging.INFO, logger="models.trainer"):
         resumed = run(cfg)
     assert "resumed from" in caplog.text and "after epoch 2" in caplog.text
@@ -69,17 +74,7 @@ def test_a_killed_run_resumes_after_its_last_epoch_and_ends_as_if_never_stopped(
 
 def test_a_state_of_another_recipe_is_not_resumed(tmp_path, monkeypatch, caplog):
     out = tmp_path / "run"
-    real = MatchTrainer.train_epoch
-
-    def dies_in_epoch_2(self, users, positions, epoch=1):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return real(self, users, positions, epoch)
-
-    monkeypatch.setattr(MatchTrainer, "train_epoch", dies_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        run(load_config(None, [*SMALL, "model=sasrec", f"out_dir={out}"]))
-    monkeypatch.setattr(MatchTrainer, "train_epoch", real)
+    _killed_in_epoch(load_config(None, [*SMALL, "model=sasrec", f"out_dir={out}"]), 2, monkeypatch)
     with caplog.at_level(logging.INFO, logger="models.trainer"):
         run(load_config(None, [*SMALL, "model=sasrec", "train.lr=0.01", f"out_dir={out}"]))
     assert "another model, recipe or data" in caplog.text and "resumed" not in caplog.text
