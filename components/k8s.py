@@ -81,7 +81,7 @@ def off_volume(k8s: KubernetesConfig, paths: dict[str, str]) -> list[str]:
             if not (PurePosixPath(p).is_absolute() and PurePosixPath(p).is_relative_to(k8s.mount_path))]  # fmt: skip
 
 
-RUN_CONFIG = "run_config.json"  # components.pipeline.RUN_CONFIG (not imported: parse time stays light)
+RUN_CONFIG = "run_config.json"  # the run's settings as training_set saw them (here: the DAG parses this light module)
 MASTER_PORT = 23456  # the training operator's default PyTorchJob port
 
 
@@ -145,6 +145,14 @@ def pytorch_job(k8s: KubernetesConfig, run_dir: str) -> dict[str, Any]:
             "pytorchReplicaSpecs": replicas,
         },
     }  # fmt: skip
+
+
+def submit_and_wait(k8s: KubernetesConfig, run_dir: str) -> None:
+    """The run's train step as a PyTorchJob, submitted from inside the cluster and waited for."""
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    run_job(client.CustomObjectsApi(), pytorch_job(k8s, run_dir), k8s.job_timeout_s)
 
 
 def _state(job: dict[str, Any]) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import DataConfig, RunConfig
 from .gate import GateFailed, enforce, evaluate_gate
+from .k8s import RUN_CONFIG  # the run's settings as its first step saw them (a step in another pod loads it)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ def features(
 
 # --- training ------------------------------------------------------------------------------------------
 PIN = "snapshot.json"  # the feature snapshot a training run reads, from its first step to its last
-RUN_CONFIG = "run_config.json"  # the run's settings as its first step saw them (a step in another pod loads it)
 
 
 class NothingNew(Exception):
@@ -184,14 +184,11 @@ def train_in_pod(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     pod submits and waits for (its ServiceAccount needs infra/k8s/base/training.yaml's Role)."""
     import subprocess
 
-    from .k8s import pytorch_job, run_job, train_command
+    from .k8s import submit_and_wait, train_command
 
     k8s, run_dir = cfg.kubernetes, str(Path(run_dir).resolve())
     if k8s.nodes > 1:
-        from kubernetes import client, config
-
-        config.load_incluster_config()
-        run_job(client.CustomObjectsApi(), pytorch_job(k8s, run_dir), k8s.job_timeout_s)
+        submit_and_wait(k8s, run_dir)
     elif k8s.gpus > 1:
         subprocess.run(train_command(k8s, run_dir), check=True)
     else:

@@ -125,12 +125,9 @@ def recall_training():
     def train_job(run: dict) -> dict:
         """The train step as a multi-node PyTorchJob: submitted from the worker (its ServiceAccount may
         create PyTorchJobs in this namespace: infra/k8s/base/training.yaml), waited for."""
-        from kubernetes import client, config
+        from components.k8s import submit_and_wait
 
-        from components.k8s import pytorch_job, run_job
-
-        config.load_incluster_config()
-        run_job(client.CustomObjectsApi(), pytorch_job(K8S, run["run_dir"]), K8S.job_timeout_s)
+        submit_and_wait(K8S, run["run_dir"])
         return run
 
     run = training_set()
