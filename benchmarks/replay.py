@@ -9,18 +9,20 @@ the same events, gate, export, index, register) → the promotion rule → the s
 
 Promotion rule (documented in the README; the gate's ``promotion`` advice, components/gate.py): a
 candidate that passes the gate — which compares it with production on its own evaluation events,
-overall and per slice, blocking only a significant regression beyond the tolerance — *and* is
-significantly better than production on the gate's first regression metric (Recall@20 by default) on
-those events, paired over the same users at the gate's confidence, replaces production at once:
-registering tolerates noise, replacing what is served does not (the replay has no live traffic for an
-A/B test; in production `recall_ab_report` decides). The first period's candidate has nothing to beat
-but popularity.
+overall and per slice, blocking only a significant regression beyond the tolerance — replaces
+production at once when it is better than production by more than ``gate.min_gain`` with confidence on
+the gate's first regression metric (Recall@20 by default): on those events, on the ones newer than
+production's data, or in the backtest, where the newest held-back version of the recipe met production
+on every event since its data ended. Registering tolerates noise, replacing what is served does not
+(the replay has no live traffic for an A/B test; in production `recall_ab_report` decides). The first
+period's candidate has nothing to beat but popularity.
 
 Per period: new events, new users and new items of the snapshot; the candidate's and production's test
 metrics on the same split; the gate verdict; promoted or not; the served model's hit rate (HR@K, seen
 items masked, every event of the next period whose user has a history) next to the previous served
 model's on the same events, and next to the newest registered candidate the rule held back (what
-promoting it would have given: was holding it back right?); wall time. Writes
+promoting it would have given: was holding it back right?), with 95 % intervals clustered by user;
+wall time. Writes
 benchmarks/results/replay_<dataset>.json and an HTML report with the curves
 (benchmarks/results/replay_<dataset>.html).
 """
@@ -48,42 +50,25 @@ DATASETS = {
 }  # fmt: skip
 
 
-def window_rows(tables, lo: dt.datetime, hi: dt.datetime):
-    """The events with lo ≤ time < hi (the period's partition) whose user has at least one earlier event,
-    as rows to score (their history: every earlier event of the user)."""
-    import torch
-
-    from components.compare import Rows
+def hits(tags: list[str | None], registry, tables, lo, hi, k: int) -> tuple[list, object]:
+    """Per version, per event of [lo, hi) whose user has an earlier event: did it put the event's item in
+    its top k (seen items masked)? None for a missing version. With the events' users (for a
+    user-clustered interval). The period's rows are built once for all versions."""
+    from components import compare
     from components.datasets import encode
 
     enc = encode(tables)
-    d = enc.data
-    lengths = d.lengths
-    pos = torch.arange(d.items.numel()) - torch.repeat_interleave(d.indptr[:-1], lengths)
-    user = torch.repeat_interleave(torch.arange(d.n_users), lengths)
-    t = d.times
-    keep = (t >= lo.timestamp()) & (t < hi.timestamp()) & (pos >= 1)
-    users, p, targets = user[keep], pos[keep], d.items[keep]
-    rows = Rows(users, p, targets, enc.user_ids[users.numpy()], enc.item_ids[targets.numpy()], t[keep].numpy())
-    return rows, enc
-
-
-def hits(tags: list[str | None], registry, tables, lo, hi, k: int) -> list:
-    """Per version, per event of [lo, hi): did it put the event's item in its top k (seen items masked)?
-    None for a missing version. The period's rows are built once for all versions."""
-    from components import compare
-
-    rows, enc = window_rows(tables, lo, hi)
+    rows = compare.fresh_rows(enc.data, lo.timestamp(), enc.user_ids, enc.item_ids, hi.timestamp())
     return [None if tag is None else compare.ServedVersion(registry.get(tag)).ranks(
-        enc.data, rows, enc.item_ids, tables.users, True, k) < k for tag in tags]  # fmt: skip
+        enc.data, rows, enc.item_ids, tables.users, True, k) < k for tag in tags], rows.users  # fmt: skip
 
 
-def paired(a, b) -> tuple[float, float]:
-    """Mean difference of paired 0/1 outcomes and the half-width of its 95 % interval (the gate's
-    :func:`models.metrics.paired_difference`)."""
+def paired(a, b, users) -> tuple[float, float]:
+    """Mean difference of paired 0/1 outcomes and the half-width of its 95 % interval, clustered by user
+    (the gate's :func:`models.metrics.paired_difference`)."""
     from models.metrics import interval, paired_difference
 
-    d = paired_difference(a, b)
+    d = paired_difference(a, b, users)
     return d["diff"], d["diff"] - interval(d, 0.95)[0]
 
 
@@ -136,15 +121,16 @@ def main() -> None:
             row["new_items"] = int((~tables.items.item_id.isin(prev.items.item_id)).sum())
             # What was served during the period that just ended, on its events, next to the one before it.
             row["served"], row["previous_served"], row["held"] = served, previous_served, held
-            now_hits, before, other = hits([served, previous_served, held], registry, tables, day - step, day, args.k)
+            (now_hits, before, other), users = hits([served, previous_served, held], registry, tables, day - step,
+                                                     day, args.k)  # fmt: skip
             row["events_scored"] = 0 if now_hits is None else len(now_hits)
             row["served_hr"] = float(now_hits.mean()) if row["events_scored"] else None
             row["previous_hr"] = float(before.mean()) if before is not None and len(before) else None
             if row["previous_hr"] is not None:
-                row["hr_diff"], row["hr_diff_ci95"] = paired(now_hits, before)
+                row["hr_diff"], row["hr_diff_ci95"] = paired(now_hits, before, users)
             if other is not None and len(other):
                 row["held_hr"] = float(other.mean())
-                row["held_diff"], row["held_diff_ci95"] = paired(other, now_hits)
+                row["held_diff"], row["held_diff_ci95"] = paired(other, now_hits, users)
         else:
             row["new_users"], row["new_items"] = len(tables.users), len(tables.items)
         row["snapshot_dir"] = snap["dir"]

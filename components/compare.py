@@ -19,6 +19,13 @@ Each evaluated row also falls into slices, so a regression hidden in the average
 With production, every metric also comes as the paired difference candidate − production over the same
 rows with its standard error (:func:`differences`), overall and per slice, so the gate can tell a real
 regression from retraining noise and a real improvement from a lucky split.
+
+**Backtest** (:func:`backtest`): a stale production shows on the events it never saw, but the
+candidate trained on all of them but each user's last. The newest *held-back* version of the same
+recipe (registered, not served; its data ending after production's) has not: it and production are
+both scored on *every* event since the held-back version's data ended (users with an earlier event),
+paired per event with the error clustered by user. It says whether this recipe, retrained, beats
+production on data neither trained on — evidence the gate's promotion advice uses.
 """
 
 from __future__ import annotations
@@ -61,6 +68,20 @@ def rows(data: SequenceData, split: Split, which: str, user_ids: np.ndarray, ite
     users, pos, targets = eval_rows(data, split, which)
     when = data.times[data.indptr[users] + pos].numpy()
     return Rows(users, pos, targets, user_ids[users.numpy()], item_ids[targets.numpy()], when)
+
+
+def fresh_rows(data: SequenceData, since: float, user_ids: np.ndarray, item_ids: np.ndarray,
+               until: float | None = None) -> Rows:
+    """Every event with ``since`` ≤ time (< ``until``) whose user has an earlier event, as rows to score
+    (the history of each: every earlier event of the user)."""
+    lengths = data.lengths
+    pos = torch.arange(data.items.numel()) - torch.repeat_interleave(data.indptr[:-1], lengths)
+    user = torch.repeat_interleave(torch.arange(data.n_users), lengths)
+    keep = (data.times >= since) & (pos >= 1)
+    if until is not None:
+        keep &= data.times < until
+    users, p, targets = user[keep], pos[keep], data.items[keep]
+    return Rows(users, p, targets, user_ids[users.numpy()], item_ids[targets.numpy()], data.times[keep].numpy())
 
 
 def data_end(mv: ModelVersion, feature_dir: str | Path) -> float | None:
@@ -197,10 +218,63 @@ def slices(
     return out
 
 
-def differences(candidate: np.ndarray, production: np.ndarray, ks: tuple[int, ...]) -> dict[str, dict[str, float]]:
-    """Metric → paired difference candidate − production over the same rows (``{"diff", "se", "rows"}``)."""
+def differences(
+    candidate: np.ndarray, production: np.ndarray, ks: tuple[int, ...], groups: torch.Tensor | None = None
+) -> dict[str, dict[str, float]]:
+    """Metric → paired difference candidate − production over the same rows (``{"diff", "se", "rows"}``;
+    ``groups``: the rows' users when a user has several, for a user-clustered error)."""
     a, b = row_metrics(torch.as_tensor(candidate), ks), row_metrics(torch.as_tensor(production), ks)
-    return {name: paired_difference(a[name], b[name]) for name in a}
+    return {name: paired_difference(a[name], b[name], groups) for name in a}
+
+
+def challenger(
+    registry: str | Path | None, model: str, signature: str, production: ModelVersion,
+    production_end: float | None, feature_dir: str | Path, last_event: float,
+) -> tuple[ModelVersion | None, float | None, str]:
+    """The newest registered version of ``model`` with this training ``signature`` that is not production,
+    whose data ends after production's and before ``last_event`` (so events exist that neither saw);
+    with its data end — or None and why there is none."""
+    from .registry import TAG_PREFIX, Registry, VersionError
+
+    reg = Registry(registry)
+    for v in reversed(reg.versions(model)):
+        if f"{TAG_PREFIX}{model}:{v}" == production.tag:
+            break  # older ones were registered before production
+        try:
+            mv = reg.get(f"{model}:{v}")
+        except VersionError as e:
+            logger.warning("backtest: skipping %s:%s (%s)", model, v, e)
+            continue
+        end = data_end(mv, feature_dir)
+        if mv.meta.get("training_signature") != signature or end is None or end > last_event:
+            continue
+        if production_end is not None and end <= production_end:
+            break
+        return mv, end, ""
+    return None, None, f"no version of this recipe held back since {production.tag} with events after its data"
+
+
+def backtest(
+    data: SequenceData, user_ids: np.ndarray, item_ids: np.ndarray, tables: Any, production: ServedVersion,
+    held: ModelVersion, since: float, exclude_seen: bool, ks: tuple[int, ...],
+) -> dict[str, Any]:
+    """The held-back version and production on every event since ``since`` (see the module docstring):
+    ``{"challenger", "since", "rows", "users", "challenger_metrics", "production_metrics", "difference"}``,
+    the difference being challenger − production, clustered by user."""
+    r = fresh_rows(data, since, user_ids, item_ids)
+    out: dict[str, Any] = {"challenger": held.tag, "production": production.mv.tag,
+                           "since": pd.Timestamp(since, unit="s", tz="UTC").isoformat(), "rows": len(r.pos),
+                           "users": int(torch.unique(r.users).numel())}  # fmt: skip
+    if not len(r.pos):
+        return out
+    max_k = max(ks)
+    held_back = ServedVersion(held, tables.items)
+    ranks = {who: v.ranks(data, r, item_ids, tables.users, exclude_seen, max_k)
+             for who, v in (("challenger", held_back), ("production", production))}  # fmt: skip
+    for who, rk in ranks.items():
+        out[f"{who}_metrics"] = metrics_from_ranks(torch.as_tensor(rk), ks)
+    out["difference"] = differences(ranks["challenger"], ranks["production"], ks, r.users)
+    return out
 
 
 def sliced(ranks: dict[str, np.ndarray], masks: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[str, Any]:

@@ -19,12 +19,17 @@ Three kinds of check on the candidate's metrics (test split by default, seen ite
   ``min_slice_rows`` evaluated rows is too noisy to judge and is ``skipped``, saying so.
 
 The verdict also says whether the candidate should **replace** production (``promotion``): only when
-it passed and its first regression metric is significantly *higher* than production's on the same rows
-(the interval's lower end above zero) — overall, or on the ``target=new`` slice (events later than
-production's training data, at least ``min_slice_rows`` of them), where a stale production shows — or
-nothing is in production. Registering tolerates noise;
-replacing what is served does not (the replay benchmark promotes by this rule; with live traffic an A/B
-test decides, :mod:`components.ab`).
+it passed and, on the first regression metric, is better than production by more than ``min_gain``
+(relative, 2 % by default) with the interval's lower end above that margin — overall on the same rows;
+or on the ``target=new`` slice (events later than production's training data, at least
+``min_slice_rows`` of them), where a stale production shows; or in the **backtest**
+(:func:`components.compare.backtest`): the newest held-back version of the same recipe beat production
+by that margin on every event since its own data ended (at least ``min_slice_rows`` events), events
+neither had trained on — this recipe, retrained, beats a stale production. With nothing in production it
+replaces at once. Registering tolerates noise; replacing what is served does not: between −
+``max_regression`` and + ``min_gain`` a candidate is registered and production kept, so a lucky split
+does not swap the served model back and forth (the replay benchmark promotes by this rule; with live
+traffic an A/B test decides, :mod:`components.ab`).
 
 The verdict is a plain dict (stored as ``gate.json`` with the run and in the version's model.json);
 :func:`enforce` raises :class:`GateFailed` listing every failed check.
@@ -48,11 +53,13 @@ class GateConfig:
     slice_limits: dict[str, float] = field(default_factory=dict)  # slice (or "*") → allowed relative drop
     min_slice_rows: int = 30  # a slice judged on fewer evaluated rows is skipped
     confidence: float = 0.95  # a regression must be significant at this level (0: point estimates only)
+    min_gain: float = 0.02  # replacing production needs a gain above this (relative) at `confidence`
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "val"):
             raise ValueError(f"gate.split must be test or val, got {self.split!r}")
-        for name, limit in {"max_regression": self.max_regression, **self.slice_limits}.items():
+        limits = {"max_regression": self.max_regression, "min_gain": self.min_gain, **self.slice_limits}
+        for name, limit in limits.items():
             if not isinstance(limit, int | float) or not 0 <= limit < 1:
                 raise ValueError(f"gate regression limit {name!r} is a fraction in [0, 1), got {limit!r}")
         if not isinstance(self.confidence, int | float) or not 0 <= self.confidence < 1:
@@ -118,26 +125,34 @@ def promotion(verdict: dict[str, Any]) -> dict[str, Any]:
     cfg = verdict["config"]
     if not cfg["regression_metrics"]:
         return {"recommended": False, "why": "gate.regression_metrics is empty: nothing to compare production on"}
-    name = cfg["regression_metrics"][0]
+    name, gain, conf = cfg["regression_metrics"][0], cfg.get("min_gain", 0.0), cfg["confidence"]
     diff = (production.get("difference") or {}).get(name)
     if diff is None:
         v, p = verdict["candidate"][name], production["metrics"][name]
-        return {"recommended": v > p, "why": f"{name} {v:.4f} vs production {p:.4f} (no paired difference)"}
-    lo, hi = interval(diff, cfg["confidence"])
-    why = f"{name} {diff['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] vs {production['tag']} over {diff['rows']} rows"
-    if lo > 0:
-        return {"recommended": True, "why": f"{why}: significantly better"}
-    # A stale production shows only on the events newer than its training data; most evaluation rows
-    # are users with nothing new, where both models see the same history.
+        why = f"{name} {v:.4f} vs production {p:.4f} (no paired difference)"
+        return {"recommended": v > p * (1 + gain), "why": why}
+    # The same rows; then the events newer than production's data, where a stale production shows (most
+    # evaluation rows are users with nothing new, seen alike by both); then the held-back version's backtest.
+    evidence = [(f"{name} ", diff, production["metrics"][name], f" vs {production['tag']}", "rows", True)]
     entry = (verdict.get("slices") or {}).get(FRESH) or {}
-    fresh = (entry.get("difference") or {}).get(name)
-    if fresh is not None and entry["rows"] >= cfg["min_slice_rows"]:
-        flo, fhi = interval(fresh, cfg["confidence"])
-        fwhy = f"{FRESH}: {fresh['diff']:+.4f} [{flo:+.4f}, {fhi:+.4f}] over {fresh['rows']} rows"
-        if flo > 0:
-            return {"recommended": True, "why": f"{why}; {fwhy}: significantly better on the new events"}
-        why = f"{why}; {fwhy}"
-    return {"recommended": False, "why": f"{why}: not significantly better"}
+    if (fresh := (entry.get("difference") or {}).get(name)) is not None:
+        big = entry["rows"] >= cfg["min_slice_rows"]
+        evidence.append((f"{FRESH}: ", fresh, entry["production"][name], "", "rows", big))
+    bt = verdict.get("backtest") or {}
+    if (held := (bt.get("difference") or {}).get(name)) is not None:
+        big = bt["rows"] >= cfg["min_slice_rows"]
+        evidence.append((f"backtest {bt['challenger']} − {bt['production']}: ", held, bt["production_metrics"][name],
+                         f" since {bt['since'][:10]} ({bt['users']} users)", "events", big))  # fmt: skip
+    parts = []
+    for label, d, p, where, unit, big in evidence:
+        lo, hi = interval(d, conf)
+        parts.append(f"{label}{d['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]{where} over {d['rows']} {unit}"
+                     + ("" if big else " (too few to judge)"))  # fmt: skip
+        if big and lo > p * gain:
+            won = "significantly better" if gain == 0 else f"better by more than {gain:.0%} (+{p * gain:.4f})"
+            return {"recommended": True, "why": "; ".join(parts) + f": {won}"}
+    lost = "not significantly better" if gain == 0 else f"not better by more than {gain:.0%} at {conf:.0%}"
+    return {"recommended": False, "why": "; ".join(parts) + f": {lost}"}
 
 
 def evaluate_gate(
@@ -147,11 +162,14 @@ def evaluate_gate(
     production: dict[str, Any] | None = None,
     slices: dict[str, dict[str, Any]] | None = None,
     no_production: str = "nothing in production yet",
+    backtest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """All checks and the verdict. ``production``: ``{"tag", "metrics", "difference"}``, the version served
     by default scored on the candidate's split (``difference``: metric → paired candidate − production,
     :func:`components.compare.differences`), or None (``no_production`` says why). ``slices``: name →
-    ``{"rows", "candidate", "production", …}`` on the same split (:func:`components.compare.sliced`)."""
+    ``{"rows", "candidate", "production", …}`` on the same split (:func:`components.compare.sliced`).
+    ``backtest``: the held-back version vs production on the events neither saw
+    (:func:`components.compare.backtest`), or ``{"why"}`` there was none; it only informs the promotion."""
     checks: list[dict[str, Any]] = []
     for name, floor in sorted(cfg.floors.items()):
         v = _metric(candidate, name, "candidate")
@@ -178,6 +196,7 @@ def evaluate_gate(
         "popularity": popularity,
         "production": production,
         "slices": slices,
+        "backtest": backtest,
         "config": {**cfg.__dict__, "beat_popularity": list(cfg.beat_popularity),
                    "regression_metrics": list(cfg.regression_metrics)},  # fmt: skip
     }

@@ -245,6 +245,11 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
         result[f"popularity_{part}"] = metrics_from_ranks(torch.as_tensor(ranks["popularity"]), ks)
         masks = compare.slices(enc.data, rows, counts, prod, prod_end)
         result["slices"][part] = compare.sliced(ranks, masks, rcfg.ks)
+    if served is not None:  # the newest held-back version of this recipe vs production on events neither saw
+        held, since, why = compare.challenger(cfg.registry, model.name, rcfg.training_signature(), prod, prod_end,
+                                              rcfg.features.dir, float(enc.data.times.max()))  # fmt: skip
+        result["backtest"] = {"why": why} if held is None else compare.backtest(
+            enc.data, enc.user_ids, enc.item_ids, tables, served, held, since, rcfg.exclude_seen, rcfg.ks)  # fmt: skip
     result["dataset_fingerprint"] = config.get("dataset_fingerprint")
     result["exclude_seen"] = rcfg.exclude_seen
     if (run_dir / "training_set.json").exists():  # the snapshot and the train/serve parity check
@@ -268,7 +273,7 @@ def gate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
                                             "difference": (prod.get("difference") or {}).get(split)}
     why = ev.get("no_production") or "nothing in production yet"
     verdict = evaluate_gate(ev[split], ev[f"popularity_{split}"], cfg.gate, production,
-                            ev.get("slices", {}).get(split), why)  # fmt: skip
+                            ev.get("slices", {}).get(split), why, ev.get("backtest"))  # fmt: skip
     verdict["decided_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     _write(run_dir, "gate.json", verdict)
     from .report import add_gate

@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from models.metrics import interval
+
 from .charts import CSS, line_chart, table
 from .registry import atomic_write_text
 
@@ -119,7 +121,24 @@ def gate_html(verdict: dict[str, Any]) -> str:
     promo = verdict.get("promotion")
     advice = "" if promo is None else (
         f"<p>Replace production: <b>{'yes' if promo['recommended'] else 'no'}</b> — {html.escape(promo['why'])}</p>")
-    return f"<h2>Quality gate: {word}</h2>" + advice + table(["check", "result", "numbers"], rows)
+    return f"<h2>Quality gate: {word}</h2>" + advice + table(["check", "result", "numbers"], rows) + _backtest(verdict)
+
+
+def _backtest(verdict: dict[str, Any]) -> str:
+    """The held-back version against production on the events neither trained on (components.compare)."""
+    bt = verdict.get("backtest") or {}
+    if not bt.get("difference"):
+        return f"<p>Backtest: {html.escape(bt['why'])}.</p>" if bt.get("why") else ""
+    conf = verdict["config"]["confidence"]
+    rows = []
+    for name in verdict["config"]["regression_metrics"]:
+        d = bt["difference"][name]
+        lo, hi = interval(d, conf)
+        rows.append([name, f"{bt['challenger_metrics'][name]:.4f}", f"{bt['production_metrics'][name]:.4f}",
+                     f"{d['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]"])  # fmt: skip
+    head = (f"<h3>Backtest: {html.escape(bt['challenger'])} (held back) vs {html.escape(bt['production'])} on "
+            f"{bt['rows']:,} events of {bt['users']:,} users since {html.escape(bt['since'])}</h3>")
+    return head + table(["metric", "held back", "production", f"difference ({conf:.0%}, clustered by user)"], rows)
 
 
 def add_gate(path: str | Path, verdict: dict[str, Any]) -> None:

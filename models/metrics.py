@@ -132,15 +132,27 @@ def metrics_from_ranks(
     return {name: v.mean().item() for name, v in row_metrics(ranks, ks, n_targets).items()}
 
 
-def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+def paired_difference(a: torch.Tensor, b: torch.Tensor, groups: torch.Tensor | None = None) -> dict[str, float]:
     """Mean of ``a − b`` over the same rows (two rankers' per-row values of one metric) and its standard
     error: ``{"diff", "se", "rows"}``. Pairing removes the spread between users that both rankers share,
     so the error is much smaller than that of two separate means; :func:`interval` turns it into a
-    normal two-sided interval. With fewer than two rows the error is infinite."""
+    normal two-sided interval. With fewer than two rows (or groups) the error is infinite.
+
+    ``groups``: one label per row (the user) when a user has several rows. Rows of one user are not
+    independent, so the error is the cluster-robust one: with residual sums ``s_g = Σ_{i∈g} (d_i − d̄)``
+    over the ``G`` groups, ``se² = G / (G − 1) · Σ_g s_g² / n²`` (``"groups": G`` is added). With one row
+    per group it is the plain error."""
     d = (torch.as_tensor(a).double() - torch.as_tensor(b).double()).flatten()
     n = d.numel()
-    se = d.std(unbiased=True).item() / math.sqrt(n) if n >= 2 else math.inf
-    return {"diff": d.mean().item() if n else 0.0, "se": se, "rows": n}
+    mean = d.mean().item() if n else 0.0
+    if groups is None:
+        se = d.std(unbiased=True).item() / math.sqrt(n) if n >= 2 else math.inf
+        return {"diff": mean, "se": se, "rows": n}
+    _, g = torch.unique(torch.as_tensor(groups).flatten(), return_inverse=True)
+    G = int(g.max().item()) + 1 if n else 0
+    sums = torch.zeros(G, dtype=torch.float64).index_add_(0, g, d - mean)
+    se = math.sqrt(G / (G - 1) * float((sums**2).sum()) / n**2) if G >= 2 else math.inf
+    return {"diff": mean, "se": se, "rows": n, "groups": G}
 
 
 def interval(d: dict[str, float], confidence: float) -> tuple[float, float]:

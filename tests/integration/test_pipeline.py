@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -149,6 +150,7 @@ def test_production_better_on_the_new_data_blocks_a_worse_candidate(world):
     d = ev["production"]["difference"]["test"]["ndcg@10"]  # paired over the same rows: the gap of the means
     assert d["diff"] == pytest.approx(ev["test"]["ndcg@10"] - ev["production"]["test"]["ndcg@10"]) and d["se"] > 0
     assert not verdict["promotion"]["recommended"]
+    assert verdict["backtest"]["why"].startswith("no version of this recipe held back since recall-sasrec:v1")
     checks = {c["name"]: c for c in verdict["checks"]}
     overall = checks["no regression vs recall-sasrec:v1 on ndcg@10"]
     assert overall["status"] == "failed" and overall["threshold"] == pytest.approx(
@@ -188,6 +190,61 @@ def test_production_behind_an_approximate_index_is_scored_exactly(world, tmp_pat
     exact = compare.ServedVersion(hnsw, tables.items)
     assert exact.exact and not compare.ServedVersion(hnsw).exact and compare.ServedVersion(flat).exact
     assert np.array_equal(ranks(exact), ranks(compare.ServedVersion(flat)))
+
+
+def test_backtest_meets_the_newest_held_back_version_of_the_recipe_on_events_neither_saw(world, tmp_path):
+    """compare.challenger: the newest registered version of the candidate's recipe that is not production,
+    whose data ends after production's and before the last event. compare.backtest scores it and
+    production on every event since its data ended (users with an earlier event), clustered by user.
+    Versions here are copies of one trained run pinned to made-up snapshots, so their scores agree."""
+    import numpy as np
+
+    from components import compare
+    from components.train import prepare
+
+    out, settings = world
+    cfg = load_config("configs/demo.yaml", settings)
+    tables, enc, _ = prepare(cfg)
+    t = enc.data.times.numpy()
+    ends = {"v1": np.quantile(t, 0.5), "v2": np.quantile(t, 0.7), "v3": np.quantile(t, 0.8), "v4": t.max() + 1}
+    feats, reg = tmp_path / "features", Registry(tmp_path / "registry")
+    for v, end in ends.items():  # v3: another recipe (train.epochs); v4: trained on every event there is
+        run_dir = tmp_path / v
+        shutil.copytree(out / "runs" / "first", run_dir, ignore=shutil.ignore_patterns("train_state.pt"))
+        snap = f"snap-{v}"
+        (feats / "snapshots" / snap).mkdir(parents=True)
+        iso = pd.Timestamp(end, unit="s", tz="UTC").isoformat()
+        (feats / "snapshots" / snap / snapshots.MANIFEST).write_text(json.dumps({"id": snap, "end": iso}))
+        (run_dir / "snapshot.json").write_text(json.dumps({"id": snap}))
+        if v == "v3":
+            conf = json.loads((run_dir / "config.json").read_text())
+            conf["run"]["train"]["epochs"] = 3
+            (run_dir / "config.json").write_text(json.dumps(conf))
+        register.publish_run(run_dir, reg, version=v, to_bentoml=False)
+    v1, v2 = reg.get("sasrec:v1"), reg.get("sasrec:v2")
+    signature = cfg.training_signature()
+    assert reg.get("sasrec:v3").meta["training_signature"] != signature
+
+    def pick(production, production_end):
+        return compare.challenger(reg.root, "sasrec", signature, production, production_end, feats, float(t.max()))
+
+    held, since, why = pick(v1, compare.data_end(v1, feats))
+    assert held.tag == v2.tag and since == pytest.approx(ends["v2"], abs=1e-3) and why == ""
+    assert pick(v2, compare.data_end(v2, feats))[0] is None  # nothing of the recipe held back since v2
+    none, _, why = pick(v1, float(np.quantile(t, 0.75)))  # v2's data is not newer than production's
+    assert none is None and why.startswith("no version of this recipe held back since recall-sasrec:v1")
+
+    bt = compare.backtest(enc.data, enc.user_ids, enc.item_ids, tables, compare.ServedVersion(v1, tables.items), v2,
+                          since, True, cfg.ks)  # fmt: skip
+    first_event = np.zeros(len(t), dtype=bool)
+    first_event[enc.data.indptr[:-1].numpy()[enc.data.lengths.numpy() > 0]] = True
+    fresh = (t >= since) & ~first_event
+    users = np.repeat(np.arange(enc.data.n_users), enc.data.lengths.numpy())[fresh]
+    assert bt["rows"] == fresh.sum() > 100 and bt["users"] == len(np.unique(users))
+    assert bt["challenger"] == v2.tag and bt["production"] == v1.tag
+    assert bt["challenger_metrics"] == bt["production_metrics"] and bt["production_metrics"]["recall@20"] > 0
+    d = bt["difference"]["recall@20"]  # the same weights: every event scores alike
+    assert d == {"diff": 0.0, "se": 0.0, "rows": bt["rows"], "groups": bt["users"]}
 
 
 KILL_AT = {

@@ -673,8 +673,10 @@ def test_admin_endpoints_need_the_token_and_refuse_guessing(server):
         r = requests.post(f"{server}/admin/reload", headers={"Authorization": f"Bearer guess-{i}"}, timeout=5)
         codes.append(r.status_code)
         retry = retry or r.headers.get("retry-after")
-    # (10 failures a minute per worker; the tokenless /status above was one of them in its worker.)
-    assert set(codes) == {401, 429} and codes[:9] == [401] * 9 and retry and 0 < int(retry) <= 61
+    # 10 failures a minute per worker and client: at most 2 × 10 answers are 401, fewer by the failures
+    # earlier in the minute (the tokenless /status above; an earlier test's wrong tokens when it was quick).
+    assert codes[0] == 401 and codes.count(401) <= 19 and 429 in codes and set(codes) == {401, 429}, codes
+    assert retry and 0 < int(retry) <= 61
     # The guesser is locked out; the token's holder never is, and serving is untouched.
     assert all(requests.get(f"{server}/status", headers=ADMIN, timeout=5).status_code == 200 for _ in range(6))
     assert _recall(server, 1, k=3)["items"]

@@ -89,27 +89,58 @@ def test_a_regression_must_be_significant_to_block():
         GateConfig(confidence=1.0)
 
 
-def test_production_is_replaced_only_by_a_significantly_better_candidate():
+def test_production_is_replaced_only_by_a_candidate_better_by_more_than_min_gain():
     prod = {"tag": "v3", "metrics": CAND, "difference": {"recall@20": _diff(0.02, 0.011)}}
     better = {**CAND, "recall@20": 0.32}
-    p = evaluate_gate(better, POP, GateConfig(), prod)["promotion"]
+    exact = GateConfig(min_gain=0.0)  # any significant gain
+    p = evaluate_gate(better, POP, exact, prod)["promotion"]
     assert not p["recommended"] and p["why"] == ("recall@20 +0.0200 [-0.0016, +0.0416] vs v3 over 2000 rows: "
                                                  "not significantly better")  # fmt: skip
-    prod["difference"]["recall@20"] = _diff(0.02, 0.009)
-    assert evaluate_gate(better, POP, GateConfig(), prod)["promotion"]["recommended"]
+    prod["difference"]["recall@20"] = _diff(0.02, 0.009)  # interval [+0.0024, +0.0376]
+    assert evaluate_gate(better, POP, exact, prod)["promotion"]["recommended"]
+    # The default asks for more than 2 % of production's 0.30 = +0.0060: +0.0024 is significant, not enough.
+    p = evaluate_gate(better, POP, GateConfig(), prod)["promotion"]
+    assert not p["recommended"] and p["why"].endswith("not better by more than 2% at 95%")
+    prod["difference"]["recall@20"] = _diff(0.02, 0.007)  # [+0.0063, +0.0337]
+    p = evaluate_gate(better, POP, GateConfig(), prod)["promotion"]
+    assert p["recommended"] and p["why"].endswith("better by more than 2% (+0.0060)")
     assert evaluate_gate(CAND, POP, GateConfig())["promotion"] == {"recommended": True, "why": "nothing in production"}
     # Not significant overall, but on the events newer than production's data (where staleness shows) it is.
     noisy = {**prod, "difference": {"recall@20": _diff(0.02, 0.011)}}
     fresh = {"target=new": {"rows": 120, "candidate": CAND, "production": CAND,
                             "difference": {"recall@20": _diff(0.06, 0.02, 120)}}}  # fmt: skip
     p = evaluate_gate(better, POP, GateConfig(), noisy, fresh)["promotion"]
-    assert p["recommended"] and "target=new: +0.0600 [+0.0208, +0.0992] over 120 rows" in p["why"]
+    assert p["recommended"] and "target=new: +0.0600 [+0.0208, +0.0992] over 120 rows: better" in p["why"]
     fresh["target=new"]["rows"] = 20  # under min_slice_rows: not judged
-    assert not evaluate_gate(better, POP, GateConfig(), noisy, fresh)["promotion"]["recommended"]
+    p = evaluate_gate(better, POP, GateConfig(), noisy, fresh)["promotion"]
+    assert not p["recommended"] and "over 120 rows (too few to judge)" in p["why"]
     none = evaluate_gate(better, POP, GateConfig(regression_metrics=()), prod)["promotion"]
     assert not none["recommended"] and "regression_metrics is empty" in none["why"]
     weak = {**CAND, "ndcg@10": 0.01}  # loses to popularity: never replaces anything
     assert evaluate_gate(weak, POP, GateConfig(), prod)["promotion"]["recommended"] is False
+
+
+def test_a_held_back_version_that_beat_production_on_unseen_events_promotes_its_recipe():
+    """The backtest: the newest held-back version of the recipe vs production on every event since its
+    data ended. Hand-worked: production's HR@20 there 0.25, bar 2 % of it = +0.0050."""
+    prod = {"tag": "v1", "metrics": CAND, "difference": {"recall@20": _diff(0.01, 0.011)}}
+    bt = {"challenger": "v5", "production": "v1", "since": "1998-01-05T00:00:00+00:00", "rows": 3600, "users": 300,
+          "challenger_metrics": {"recall@20": 0.27}, "production_metrics": {"recall@20": 0.25},
+          "difference": {"recall@20": {**_diff(0.02, 0.007, 3600), "groups": 300}}}  # fmt: skip
+    p = evaluate_gate(CAND, POP, GateConfig(), prod, None, "", bt)["promotion"]
+    assert p["recommended"] and p["why"] == (
+        "recall@20 +0.0100 [-0.0116, +0.0316] vs v1 over 2000 rows; backtest v5 − v1: +0.0200 [+0.0063, +0.0337] "
+        "since 1998-01-05 (300 users) over 3600 events: better by more than 2% (+0.0050)")
+    bt["difference"]["recall@20"]["se"] = 0.008  # lower end +0.0043 < +0.0050: not enough
+    assert not evaluate_gate(CAND, POP, GateConfig(), prod, None, "", bt)["promotion"]["recommended"]
+    bt["difference"]["recall@20"]["se"], bt["rows"] = 0.007, 25  # too few events to judge
+    assert not evaluate_gate(CAND, POP, GateConfig(), prod, None, "", bt)["promotion"]["recommended"]
+    bt["rows"] = 3600  # a candidate failing the gate replaces nothing, whatever its recipe did before
+    failing = evaluate_gate(CAND, POP, GateConfig(floors={"ndcg@10": 0.5}), prod, None, "", bt)
+    assert failing["promotion"] == {"recommended": False, "why": "the gate failed"}
+    assert failing["backtest"] == bt  # kept in the verdict (gate.json, the report)
+    with pytest.raises(ValueError, match="min_gain"):
+        GateConfig(min_gain=1.5)
 
 
 SLICES = {
@@ -174,6 +205,16 @@ def test_report_is_html_with_well_formed_charts(tmp_path):
     add_gate(path, evaluate_gate(CAND, POP, GateConfig()))
     add_gate(path, evaluate_gate(CAND, POP, GateConfig()))  # re-running the gate replaces, not appends
     assert path.read_text().count("Quality gate") == 1 and "PASSED" in path.read_text()
+    prod = {"tag": "v1", "metrics": CAND, "difference": {n: _diff(0.0, 0.01) for n in CAND}}
+    bt = {"challenger": "v5", "production": "v1", "since": "1998-01-05T00:00:00+00:00", "rows": 3600, "users": 300,
+          "challenger_metrics": CAND, "production_metrics": POP,
+          "difference": {n: _diff(CAND[n] - POP[n], 0.01, 3600) for n in CAND}}  # fmt: skip
+    add_gate(path, evaluate_gate(CAND, POP, GateConfig(), prod, None, "", bt))
+    doc = path.read_text()
+    assert "Backtest: v5 (held back) vs v1 on 3,600 events of 300 users" in doc
+    assert "<td>recall@20</td><td>0.3000</td><td>0.1200</td><td>+0.1800 [+0.1604, +0.1996]</td>" in doc
+    add_gate(path, evaluate_gate(CAND, POP, GateConfig(), prod, None, "", {"why": "no version held back"}))
+    assert "Backtest: no version held back." in path.read_text()
 
 
 def test_chart_and_table_helpers():

@@ -78,6 +78,18 @@ def test_paired_difference_and_its_interval_hand_worked():
     assert paired_difference(a[:1], b[:1])["se"] == math.inf  # one row: no interval
 
 
+def test_paired_difference_clustered_by_user_hand_worked():
+    # d = (1, 1, 0, 0): user 7 gained twice, user 9 never. Mean 0.5; residual sums per user +1 and −1;
+    # se² = G/(G−1) · Σ s² / n² = 2 · 2 / 16 = 0.25 — wider than the 0.2887 that treats the rows as independent.
+    a, b = torch.tensor([1.0, 1, 0, 1]), torch.tensor([0.0, 0, 0, 1])
+    d = paired_difference(a, b, torch.tensor([7, 7, 9, 9]))
+    assert d == {"diff": 0.5, "se": pytest.approx(0.5), "rows": 4, "groups": 2}
+    assert paired_difference(a, b)["se"] == pytest.approx(math.sqrt(1 / 3) / 2)
+    # One row per user: the plain error (with the G/(G−1) small-sample factor it is the same).
+    assert paired_difference(a, b, torch.arange(4))["se"] == pytest.approx(math.sqrt(1 / 3) / 2)
+    assert paired_difference(a, b, torch.zeros(4))["se"] == math.inf  # one user: no interval
+
+
 def test_row_metrics_average_to_the_metrics():
     ranks = torch.tensor([0, 3, 50])
     rows, means = row_metrics(ranks, (5,)), metrics_from_ranks(ranks, (5,))
