@@ -16,7 +16,9 @@ versions not found there come from the BentoML model store), ``RECALL_FEATURE_DI
 (runs/serving/responses.jsonl), ``RECALL_ADMIN_TOKEN``, ``RECALL_WATCH_INTERVAL_S`` (1; 0 = off),
 ``RECALL_CACHE_ENTRIES`` (10000), ``RECALL_CACHE_TTL_S`` (60), ``RECALL_MAX_BODY_BYTES`` (1 MiB),
 ``RECALL_INGEST_TOKEN`` (unset: ``/events`` is disabled), ``RECALL_PUSH_JOURNAL``
-(``$RECALL_FEATURE_DIR/pushes.log``: shared by the workers, which must see the same file).
+(``$RECALL_FEATURE_DIR/pushes.log``: shared by the workers, which must see the same file),
+``RECALL_READS_OFF_LOOP`` (auto | 1 | 0: run ``/recall`` in a worker thread instead of on the event
+loop; auto = with the Redis online store, whose reads wait on the network — see :meth:`RecallService.recall`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -108,6 +111,14 @@ class Event(BaseModel):
 
 
 Events = Annotated[list[Event], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+def reads_off_loop() -> bool:
+    """Whether ``/recall`` leaves the event loop for a worker thread (``RECALL_READS_OFF_LOOP``)."""
+    choice = _env("RECALL_READS_OFF_LOOP", "auto").lower()
+    if choice not in ("auto", "1", "0"):
+        raise ValueError(f"RECALL_READS_OFF_LOOP must be auto, 1 or 0, got {choice!r}")
+    return _env("RECALL_ONLINE_STORE", "sqlite") == "redis" if choice == "auto" else choice == "1"
 
 
 def _env(name: str, default: str) -> str:
@@ -349,8 +360,6 @@ class ControlMiddleware:
                 return None
             if ctl is None:
                 return await _json(send, 503, {"error": "service not initialised"})
-            import anyio
-
             try:
                 status = await anyio.to_thread.run_sync(ctl.reload)
             except rt.RoutingError as e:
@@ -484,6 +493,7 @@ class RecallService:
         logging.getLogger("bentoml._internal.server.http_app").addFilter(OneLineClientErrors())
         self.ctl = Controller()
         CONTROLLER = self.ctl
+        self.off_loop = reads_off_loop()
         # One file per worker process (rotation is not safe across processes); the A/B reader merges them.
         base = Path(_env("RECALL_RESPONSE_LOG", "runs/serving/responses.jsonl"))
         self.log = ResponseLog(base.with_name(f"{base.stem}.{os.getpid()}{base.suffix}"))
@@ -621,9 +631,12 @@ class RecallService:
         self, user_id: UserId, k: K = 100, context: Context | None = None, exclude_seen: bool = True
     ) -> dict[str, Any]:
         """Top-k items for one user from the version the routing assigns to them."""
-        # ~1 ms of CPU-bound work (GIL held throughout): run inline on the event loop rather than
-        # paying a thread hand-off per request; requests are serialised by the GIL either way.
-        return self._serve([RecallRequest(user_id=user_id, k=k, context=context, exclude_seen=exclude_seen)])[0]
+        req = [RecallRequest(user_id=user_id, k=k, context=context, exclude_seen=exclude_seen)]
+        if self.off_loop:  # the Redis read waits on the network: the loop takes other requests meanwhile
+            return (await anyio.to_thread.run_sync(self._serve, req))[0]
+        # With SQLite it is ~1 ms of CPU-bound work (GIL held throughout): inline beats a thread hand-off
+        # (benchmarks/results/serving_reads.json).
+        return self._serve(req)[0]
 
     @bentoml.api(route="/recall_batch", batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=BATCH_MAX_LATENCY_MS)
     def recall_batch(self, requests: Batch) -> list[dict[str, Any]]:

@@ -96,6 +96,8 @@ def server(world):
         "RECALL_INGEST_TOKEN": "ingest-token",
         "RECALL_WATCH_INTERVAL_S": "0.5",
         "RECALL_WORKERS": "2",  # two processes: reloads must reach both
+        # /recall in a worker thread, as with Redis (the built bento's test serves it on the event loop).
+        "RECALL_READS_OFF_LOOP": "1",
     }
     try:
         with running_service(env, world["dir"] / "serve.log") as url:

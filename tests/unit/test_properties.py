@@ -113,3 +113,27 @@ def test_the_properties_ran_on_interesting_cases():
     assert _canonical_number("0") and _canonical_number("123") and not _canonical_number("007")
     with pytest.raises(pydantic.ValidationError):
         USER_ID.validate_python("1" * 19)
+
+
+@pytest.mark.parametrize(
+    "store,choice,off",
+    [("sqlite", None, False), ("redis", None, True), ("redis", "0", False), ("sqlite", "1", True),
+     ("sqlite", "AUTO", False)],
+)  # fmt: skip
+def test_recall_leaves_the_event_loop_with_redis_unless_told(monkeypatch, store, choice, off):
+    from serving.service import reads_off_loop
+
+    monkeypatch.setenv("RECALL_ONLINE_STORE", store)
+    if choice is None:
+        monkeypatch.delenv("RECALL_READS_OFF_LOOP", raising=False)
+    else:
+        monkeypatch.setenv("RECALL_READS_OFF_LOOP", choice)
+    assert reads_off_loop() is off
+
+
+def test_a_bad_read_placement_is_refused_naming_the_setting(monkeypatch):
+    from serving.service import reads_off_loop
+
+    monkeypatch.setenv("RECALL_READS_OFF_LOOP", "yes")
+    with pytest.raises(ValueError, match="RECALL_READS_OFF_LOOP must be auto, 1 or 0, got 'yes'"):
+        reads_off_loop()
