@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,31 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
 from benchmarks.serving import closed_loop, server_env, setup  # noqa: E402
-from serving.process import free_port, running_service  # noqa: E402
+from serving.process import free_port, redis_server, running_service  # noqa: E402
 
 
-def redis_store(work: Path) -> tuple[subprocess.Popen, str, Path]:
-    """A redis-server on a free port holding the latest snapshot's features; → (process, host:port,
-    the store directory serving reads its registry from)."""
-    import socket
-
+def redis_store(work: Path, addr: str) -> Path:
+    """Materializes the latest snapshot's features into the Redis at ``addr``; → the store directory
+    serving reads its registry from."""
     from components import snapshots
     from components.features import StoreConfig, apply, materialize
 
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed: apt-get install redis-server (make test does it)")
-    port = free_port()
-    (work / "redis").mkdir(exist_ok=True)
-    cmd = [exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work / "redis")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    addr = f"127.0.0.1:{port}"
     d = work / "features-redis"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
@@ -64,7 +47,7 @@ def redis_store(work: Path) -> tuple[subprocess.Popen, str, Path]:
     t0 = time.perf_counter()
     materialize(apply(cfg, latest["dir"]), cfg, latest["dir"])
     print(f"redis {addr}: materialized snapshot {latest['id']} in {time.perf_counter() - t0:.1f} s")
-    return proc, addr, d
+    return d
 
 
 def _delay_proxy(listen_port: int, target: str, one_way_s: float) -> None:
@@ -101,25 +84,10 @@ def _delay_proxy(listen_port: int, target: str, one_way_s: float) -> None:
     asyncio.run(serve())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--levels", type=int, nargs="*", default=[1, 8, 32])
-    ap.add_argument("--seconds", type=float, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--rtt-ms", type=float, default=1.0, help="the simulated round trip to a remote Redis")
-    ap.add_argument("--items", type=int, default=100_000)
-    ap.add_argument("--k", type=int, default=100)
-    ap.add_argument("--work", default=str(ROOT / "runs/bench/serving"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/serving_reads.json"))
-    args = ap.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    info = setup(work, args.items)
-    users = info["users"]
+def measure(args, work: Path, users: list[int], addr: str, redis_dir: Path) -> tuple[list[dict], list[str]]:
+    """Every store × placement × round × concurrency; → the rows and the stores' names."""
     import multiprocessing
 
-    proc, addr, redis_dir = redis_store(work)
     proxy_port = free_port()
     proxy = multiprocessing.Process(target=_delay_proxy, args=(proxy_port, addr, args.rtt_ms / 2000), daemon=True)
     proxy.start()
@@ -144,8 +112,28 @@ def main() -> None:
                                   f"non-200 {row['errors']}", flush=True)  # fmt: skip
     finally:
         proxy.terminate()
-        proc.terminate()
-        proc.wait(10)
+    return rows, list(stores)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--levels", type=int, nargs="*", default=[1, 8, 32])
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rtt-ms", type=float, default=1.0, help="the simulated round trip to a remote Redis")
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--work", default=str(ROOT / "runs/bench/serving"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/serving_reads.json"))
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    info = setup(work, args.items)
+    users = info["users"]
+    (work / "redis").mkdir(exist_ok=True)
+    with redis_server(work / "redis") as addr:
+        rows, stores = measure(args, work, users, addr, redis_store(work, addr))
     lines = ["| online store | concurrency | inline req/s | thread req/s | thread / inline | inline p99 (ms) "
              "| thread p99 (ms) | non-200 |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     summary = []

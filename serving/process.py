@@ -1,8 +1,10 @@
-"""Run the recall service as a real `bentoml serve` process (the demo, the tests, the load benchmark)."""
+"""Run the recall service as a real `bentoml serve` process (the demo, the tests, the load benchmark), and a
+throwaway `redis-server` for its Redis online store."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +21,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def redis_server(directory: str | Path) -> Iterator[str]:
+    """A local ``redis-server`` without persistence on a free loopback port, working in ``directory``;
+    yields ``host:port`` and stops it on exit."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise FileNotFoundError("redis-server is not installed: apt-get install redis-server (make test does it)")
+    port = free_port()
+    cmd = [exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(directory)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"redis-server did not listen on port {port} within 5 s")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _ready(url: str) -> bool:

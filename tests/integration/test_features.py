@@ -2,10 +2,6 @@
 
 import dataclasses
 import json
-import shutil
-import socket
-import subprocess
-import time
 
 import pandas as pd
 import pytest
@@ -24,7 +20,7 @@ from components.features import (
     training_set,
 )
 from components.ingest import ingest, user_behaviour
-from serving.process import free_port
+from serving.process import redis_server as local_redis
 from tests.parity import assert_histories_match
 
 pytestmark = pytest.mark.integration
@@ -222,25 +218,11 @@ def test_materialize_is_incremental(synthetic, tmp_path):
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed: `apt-get install -y redis-server` (.ci/run does this)")
-    port = free_port()
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(d)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    try:
+        with local_redis(tmp_path_factory.mktemp("redis")) as addr:
+            yield addr
+    except FileNotFoundError as e:
+        pytest.fail(str(e))
 
 
 def test_redis_online_store_serves_the_same_features(redis_server, synthetic, fs, tmp_path):
