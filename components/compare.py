@@ -30,6 +30,7 @@ production on data neither trained on — evidence the gate's promotion advice u
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.data import SequenceData, Split
+from models.data import SequenceData, Split, event_positions
 from models.evaluation import eval_rows
 from models.metrics import metrics_from_ranks, paired_difference, row_metrics
 
@@ -74,9 +75,7 @@ def fresh_rows(data: SequenceData, since: float, user_ids: np.ndarray, item_ids:
                until: float | None = None) -> Rows:
     """Every event with ``since`` ≤ time (< ``until``) whose user has an earlier event, as rows to score
     (the history of each: every earlier event of the user)."""
-    lengths = data.lengths
-    pos = torch.arange(data.items.numel()) - torch.repeat_interleave(data.indptr[:-1], lengths)
-    user = torch.repeat_interleave(torch.arange(data.n_users), lengths)
+    user, pos = event_positions(data)
     keep = (data.times >= since) & (pos >= 1)
     if until is not None:
         keep &= data.times < until
@@ -84,12 +83,13 @@ def fresh_rows(data: SequenceData, since: float, user_ids: np.ndarray, item_ids:
     return Rows(users, p, targets, user_ids[users.numpy()], item_ids[targets.numpy()], data.times[keep].numpy())
 
 
-def data_end(mv: ModelVersion, feature_dir: str | Path) -> float | None:
-    """Unix time at which the version's training data ends (its snapshot's end), or None if unknown."""
+def data_end(meta: dict[str, Any], feature_dir: str | Path) -> float | None:
+    """Unix time at which a version's training data ends (the end of the snapshot its model.json ``meta``
+    names), or None if unknown."""
     from . import snapshots
 
     try:
-        end = snapshots.manifest(feature_dir, mv.meta["snapshot"])["end"]
+        end = snapshots.manifest(feature_dir, meta["snapshot"])["end"]
         return pd.Timestamp(end).timestamp()
     except (KeyError, FileNotFoundError, ValueError, TypeError, snapshots.SnapshotError):
         return None
@@ -240,17 +240,20 @@ def challenger(
     for v in reversed(reg.versions(model)):
         if f"{TAG_PREFIX}{model}:{v}" == production.tag:
             break  # older ones were registered before production
-        try:
-            mv = reg.get(f"{model}:{v}")
-        except VersionError as e:
+        try:  # choose on model.json alone; verify (checksums, ONNX probe) only the one chosen
+            meta = json.loads((reg.root / model / v / "model.json").read_text())
+        except (OSError, ValueError) as e:
             logger.warning("backtest: skipping %s:%s (%s)", model, v, e)
             continue
-        end = data_end(mv, feature_dir)
-        if mv.meta.get("training_signature") != signature or end is None or end > last_event:
+        end = data_end(meta, feature_dir)
+        if meta.get("training_signature") != signature or end is None or end > last_event:
             continue
         if production_end is not None and end <= production_end:
             break
-        return mv, end, ""
+        try:
+            return reg.get(f"{model}:{v}"), end, ""
+        except VersionError as e:
+            logger.warning("backtest: skipping %s:%s (%s)", model, v, e)
     return None, None, f"no version of this recipe held back since {production.tag} with events after its data"
 
 

@@ -223,7 +223,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     L = rcfg.train.max_len
     prod, why = compare.production_version(cfg.routing, cfg.registry)
     served = None if prod is None else compare.ServedVersion(prod, tables.items)  # once for both splits, exact
-    prod_end = None if prod is None else compare.data_end(prod, rcfg.features.dir)
+    prod_end = None if prod is None else compare.data_end(prod.meta, rcfg.features.dir)
     result: dict[str, Any] = {"model": model.name, "ks": list(rcfg.ks), "curve_ks": list(CURVE_KS), "slices": {}}
     if prod is not None:
         fp = prod.meta.get("dataset_fingerprint")

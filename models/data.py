@@ -73,10 +73,15 @@ def leave_last_out(data: SequenceData) -> Split:
     return Split(train_end=torch.where(has_eval, n - 2, n), val_pos=val, test_pos=test)
 
 
+def event_positions(data: SequenceData) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(user, position)`` of every event, in event order (position 0 = the user's first event)."""
+    user = torch.repeat_interleave(torch.arange(data.n_users), data.lengths)
+    return user, torch.arange(data.items.numel()) - data.indptr[user]
+
+
 def train_item_counts(data: SequenceData, split: Split) -> torch.Tensor:
     """Training-event count per item index: the popularity baseline and popularity sampler."""
-    pos = torch.arange(data.items.numel()) - torch.repeat_interleave(data.indptr[:-1], data.lengths)
-    user = torch.repeat_interleave(torch.arange(data.n_users), data.lengths)
+    user, pos = event_positions(data)
     in_train = pos < split.train_end[user]
     return torch.bincount(data.items[in_train], minlength=data.n_items)
 

@@ -228,9 +228,9 @@ def test_backtest_meets_the_newest_held_back_version_of_the_recipe_on_events_nei
     def pick(production, production_end):
         return compare.challenger(reg.root, "sasrec", signature, production, production_end, feats, float(t.max()))
 
-    held, since, why = pick(v1, compare.data_end(v1, feats))
+    held, since, why = pick(v1, compare.data_end(v1.meta, feats))
     assert held.tag == v2.tag and since == pytest.approx(ends["v2"], abs=1e-3) and why == ""
-    assert pick(v2, compare.data_end(v2, feats))[0] is None  # nothing of the recipe held back since v2
+    assert pick(v2, compare.data_end(v2.meta, feats))[0] is None  # nothing of the recipe held back since v2
     none, _, why = pick(v1, float(np.quantile(t, 0.75)))  # v2's data is not newer than production's
     assert none is None and why.startswith("no version of this recipe held back since recall-sasrec:v1")
 
