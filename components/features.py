@@ -60,6 +60,9 @@ def _render(cfg: StoreConfig) -> dict[str, Any]:
 
 def store(cfg: StoreConfig):
     """A Feast ``FeatureStore`` for ``cfg`` (the YAML config rendered with its paths)."""
+    import feature_repo  # noqa: F401  (before Feast: its import without typeguard, see the package docstring)
+
+    # isort: split
     from feast import FeatureStore, RepoConfig
 
     raw = _render(cfg)

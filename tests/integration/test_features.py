@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -259,3 +261,19 @@ def test_cli_features_run_publishes_a_snapshot_and_says_when_nothing_is_new(tmp_
     again = CliRunner().invoke(app, args)  # the source has nothing newer: nothing is published
     assert again.exit_code == 0 and "nothing to do: no new data" in again.output, again.output
     assert snapshots.published(tmp_path) == [latest["id"]]
+
+
+@pytest.mark.parametrize("checks", ["0", "1"])
+def test_feast_imports_without_typeguard_unless_asked(checks):
+    """The feature repository makes Feast's ``@typechecked`` a no-op (7 s of start-up per process,
+    benchmarks/imports.py); RECALL_FEAST_TYPECHECKS=1 keeps Feast's argument checks."""
+    import subprocess
+    import sys
+
+    probe = ("import feature_repo, feast\n"
+             "try:\n    feast.Entity(name=3, join_keys=['user_id'])\n    print('unchecked')\n"
+             "except Exception as e:\n    print(type(e).__name__)\n")  # fmt: skip
+    env = {**os.environ, "RECALL_FEAST_TYPECHECKS": checks}
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], env=env, capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert out.stdout.split() == (["TypeCheckError"] if checks == "1" else ["unchecked"])
