@@ -42,7 +42,7 @@ import torch
 
 from models.data import SequenceData, Split, event_positions
 from models.evaluation import eval_rows
-from models.metrics import metrics_from_ranks, paired_difference, row_metrics
+from models.metrics import NOT_RANKED, metrics_from_ranks, paired_difference, row_metrics
 
 from .registry import ModelVersion
 
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 HISTORY_BUCKETS = (1, 5, 20, 50)  # lower edges: history=1-4, 5-19, 20-49, 50+
 HEAD_SHARE, TORSO_SHARE = 0.10, 0.50  # head = top 10 % of items by training count, torso = the next 40 %
-MISS = np.iinfo(np.int32).max  # the rank of a target that is not in the fetched top-K
+MISS = NOT_RANKED  # the rank of a target that is not in the fetched top-K
 
 
 @dataclass

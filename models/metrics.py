@@ -18,6 +18,9 @@ from .base import score, score_pairs
 
 DEFAULT_KS = (10, 20, 50, 100)
 METRICS = ("recall", "precision", "ndcg", "hit", "mrr")
+# The rank of a target that no cut-off reaches: a padded target slot (and, in components.compare, a
+# target outside the fetched top K). Not N: with K > N, rank N would count as a hit.
+NOT_RANKED = 2**31 - 1
 
 
 def _exclusion_mask(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -55,7 +58,7 @@ def target_ranks(
         row_chunk, item_chunk: chunk sizes that bound memory to row_chunk × item_chunk scores.
 
     Returns:
-        (R, T) int64 ranks; padded targets get ``N`` (never a hit). Rank r means r items are
+        (R, T) int64 ranks; padded targets get :data:`NOT_RANKED` (never a hit, whatever K). Rank r means r items are
         scored at least as high as the target.
     """
     if targets.dim() == 1:
@@ -85,7 +88,7 @@ def target_ranks(
             ge[r_idx, t_idx, t[r_idx, t_idx] - lo] = False  # a target does not rank against itself
             count += ge.sum(2)
         ranks[rows] = count
-    return torch.where(valid, ranks, torch.full_like(ranks, N))
+    return torch.where(valid, ranks, torch.full_like(ranks, NOT_RANKED))
 
 
 def row_metrics(
@@ -96,7 +99,7 @@ def row_metrics(
     rankers on the same rows need (:func:`paired_difference`).
 
     Args:
-        ranks: (R,) or (R, T) ranks from :func:`target_ranks` (padded targets hold a rank ≥ N).
+        ranks: (R,) or (R, T) ranks from :func:`target_ranks` (padded targets hold :data:`NOT_RANKED`).
         ks: cut-offs.
         n_targets: (R,) number of real targets per row; inferred as T when not given.
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.metrics import (
+    NOT_RANKED,
     evaluate_embeddings,
     interval,
     metrics_from_ranks,
@@ -112,6 +113,16 @@ def test_multi_target_ndcg_and_recall():
 def test_k_larger_than_catalogue():
     m = metrics_from_ranks(torch.tensor([2]), ks=(100,))
     assert m["recall@100"] == 1.0 and m["precision@100"] == pytest.approx(0.01)
+
+
+def test_a_padded_target_is_never_a_hit_even_when_k_exceeds_the_catalogue():
+    # 4 items; one real target (item 3, rank 2) and a padded slot. At K = 10 > 4 the padded slot must
+    # not count: recall 1 (not 1.5), precision 1/10, NDCG = (1/log2 4) / 1, hit 1, MRR 1/3.
+    m = evaluate_embeddings(ONE, items([0.9, 0.8, 0.7, 0.1]), torch.tensor([[3, -1]]), ks=(10,))
+    assert m["recall@10"] == 1.0 and m["precision@10"] == pytest.approx(0.1)
+    assert m["ndcg@10"] == pytest.approx(1 / math.log2(4)) and m["hit@10"] == 1.0
+    assert m["mrr@10"] == pytest.approx(1 / 3)
+    assert target_ranks(ONE, items([0.9, 0.8]), torch.tensor([[2, -1]]))[0, 1] == NOT_RANKED
 
 
 def test_chunking_gives_identical_ranks():
