@@ -76,6 +76,10 @@ class RecallModel(nn.Module):
     def score(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return score(user, items)
 
+    def aux_loss(self) -> torch.Tensor | None:
+        """A model's own term added to the training loss (e.g. SINE's concept regulariser), or None."""
+        return None
+
     def train_queries(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Query vectors and target item ids for every predicted target in the batch.
 
@@ -183,11 +187,21 @@ class MultiInterestModel(SequenceRecallModel):
     def interests(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
+    def interests_and_active(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, K, d) interests and which of them each user has ((B, K) bool; None: all K)."""
+        return self.interests(batch), None
+
     def user_tower(self, batch: Batch) -> torch.Tensor:
-        return self.interests(batch)  # (B, K, d)
+        v, active = self.interests_and_active(batch)
+        if active is None:
+            return v  # (B, K, d)
+        # A user with fewer interests serves copies of the first in the other slots: the max over
+        # interests is then over that user's own interests, whatever the scores' sign.
+        return torch.where(active.unsqueeze(-1), v, v[:, :1])
 
     def train_queries(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         from .layers import label_aware
 
         target = batch["target"]
-        return label_aware(self.interests(batch), self.bank.embed("item_id", target), self.label_power), target
+        v, active = self.interests_and_active(batch)
+        return label_aware(v, self.bank.embed("item_id", target), self.label_power, active), target

@@ -57,4 +57,4 @@ class ComirecSA(MultiInterestModel):
         if L > self.max_len:
             raise ValueError(f"history length {L} exceeds max_len {self.max_len}")
         pos = (L - 1) - torch.arange(L, device=x.device)  # recency: 0 = newest
-        return self.attention(x + self.pos(pos) * mask.unsqueeze(-1), mask)  # (B, K, d)
+        return self.attention(x + self.pos(pos) * mask.unsqueeze(-1), mask, values=x)  # (B, K, d)

@@ -152,23 +152,46 @@ class CapsuleRouting(nn.Module):
     """Behaviour-to-interest dynamic routing (MIND, ComiRec-DR).
 
     Low capsules are the history item embeddings (B, L, d); K high capsules (interests) come from
-    ``iterations`` rounds of routing. ``shared=True`` uses one bilinear map for every interest and
-    fixed random initial logits (MIND); ``shared=False`` gives each interest its own map and starts
-    from zero logits (ComiRec-DR). Routing coefficients are a softmax over interests per item.
+    ``iterations`` rounds of routing. Routing coefficients are a softmax over interests per item.
+
+    ``shared=True`` (MIND): one bilinear map for every interest, so the starting logits must differ per
+    (interest, item) or every interest would be the same vector: they are drawn from N(0, 1) per
+    (interest, history slot) — afresh on every training step (as MIND's reference implementations do),
+    and in eval mode taken from one fixed draw indexed by the slot's distance from the newest event
+    (``max_len`` slots), so serving and the exported tower are deterministic. ``shared=False``
+    (ComiRec-DR): one map per interest and zero starting logits.
+
+    ``active`` (B, K): interests a user has (MIND's dynamic interest number); the others take no part
+    in routing (their logits are −∞ in every round) and come out as zero vectors.
     """
 
-    def __init__(self, dim: int, n_interest: int, iterations: int = 3, shared: bool = True):
+    def __init__(self, dim: int, n_interest: int, iterations: int = 3, shared: bool = True, max_len: int = 256):
         super().__init__()
-        self.K, self.iterations, self.shared = n_interest, iterations, shared
+        self.K, self.iterations, self.shared, self.max_len = n_interest, iterations, shared, max_len
         if shared:
             self.S = nn.Parameter(torch.randn(dim, dim) * dim**-0.5)
+            self.register_buffer("eval_logits", torch.randn(n_interest, max_len))  # (K, slots from the newest)
         else:
             self.S = nn.Parameter(torch.randn(n_interest, dim, dim) * dim**-0.5)
-        self.register_buffer("init_logits", torch.randn(n_interest) * (1.0 if shared else 0.0))
         self.last_coupling: torch.Tensor | None = None  # (B, K, L), for inspection and tests
 
+    def start_logits(self, B: int, L: int, device: torch.device) -> torch.Tensor:
+        """(B, K, L) routing logits before the first round."""
+        if not self.shared:
+            return torch.zeros(B, self.K, L, device=device)
+        if self.training:
+            return torch.randn(B, self.K, L, device=device)
+        if L > self.max_len:
+            raise ValueError(f"history length {L} exceeds the routing's max_len {self.max_len}")
+        return self.eval_logits[:, :L].flip(1).unsqueeze(0).expand(B, -1, -1)  # left-padded: newest last
+
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor | None = None, table: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        ids: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
+        active: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, L, d), mask: (B, L) → interests (B, K, d).
 
@@ -186,9 +209,12 @@ class CapsuleRouting(nn.Module):
         else:
             u = x @ self.S if self.shared else torch.einsum("bld,kde->bkle", x, self.S)
         pool, agree = ("bkl,bld->bkd", "bld,bkd->bkl") if self.shared else ("bkl,bkld->bkd", "bkld,bkd->bkl")
-        b = self.init_logits.view(1, -1, 1).expand(x.size(0), -1, x.size(1))  # (B, K, L)
+        b = self.start_logits(x.size(0), x.size(1), x.device)  # (B, K, L)
         u_detached = u.detach()
         allowed = mask.unsqueeze(1).expand_as(b)
+        if active is not None:
+            allowed = allowed & active.unsqueeze(2)
+            b = b.masked_fill(~active.unsqueeze(2), float("-inf"))
         for i in range(self.iterations):
             c = torch.softmax(b, dim=1) * allowed  # coupling: over interests, per item
             uu = u if i == self.iterations - 1 else u_detached
@@ -200,28 +226,39 @@ class CapsuleRouting(nn.Module):
 
 
 class SelfAttentiveInterests(nn.Module):
-    """ComiRec-SA: K attention heads over the history, A = softmax_L(W2 · tanh(W1 · H)) → (B, K, d)."""
+    """ComiRec-SA: K attention heads over the history, A = softmax_L(W2 · tanh(W1 · H + b1)) → A · X (B, K, d).
+
+    ``keys`` H (B, L, d) decide the weights (ComiRec adds the position embeddings there); ``values`` X
+    are what the interests are made of (the item embeddings alone, as in ComiRec's code)."""
 
     def __init__(self, dim: int, n_interest: int, hidden: int):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, n_interest, bias=False)
+        self.w1 = nn.Linear(dim, hidden)
+        self.w2 = nn.Linear(hidden, n_interest, bias=False)  # a bias per head shifts all its logits alike
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.w2(torch.tanh(self.w1(h))).transpose(1, 2)  # (B, K, L)
+    def forward(self, keys: torch.Tensor, mask: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.w2(torch.tanh(self.w1(keys))).transpose(1, 2)  # (B, K, L)
         a = masked_softmax(logits, mask.unsqueeze(1).expand_as(logits))
-        return a @ h  # (B, K, d)
+        return a @ (keys if values is None else values)  # (B, K, d)
 
 
-def label_aware(interests: torch.Tensor, target: torch.Tensor, power: float | None = None) -> torch.Tensor:
+def label_aware(
+    interests: torch.Tensor, target: torch.Tensor, power: float | None = None, active: torch.Tensor | None = None
+) -> torch.Tensor:
     """Picks the interest for a training target. interests: (M, K, d), target: (M, d) → (M, d).
 
-    ``power=None`` takes the interest with the highest score for the target (ComiRec, SINE);
-    a number gives MIND's label-aware attention, softmax(power · scores) over interests.
+    ``power=None`` takes the interest with the highest score for the target (ComiRec, SINE); a number
+    ``p`` gives MIND's label-aware attention, ``softmax(pow(scores, p))`` over interests (the paper's
+    formula: with p = 1 a softmax of the scores; large p approaches the argmax; an even p also favours
+    strongly negative scores, as written). ``active`` (M, K) restricts the choice to a user's interests.
     """
     scores = torch.einsum("mkd,md->mk", interests, target)
+    if power is not None:
+        scores = scores.pow(power)
+    if active is not None:
+        scores = scores.masked_fill(~active, float("-inf"))
     if power is None:
         idx = scores.argmax(1)
         return interests[torch.arange(interests.size(0), device=interests.device), idx]
-    w = torch.softmax(power * scores, dim=1)
+    w = torch.softmax(scores, dim=1)
     return torch.einsum("mk,mkd->md", w, interests)

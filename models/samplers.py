@@ -1,7 +1,7 @@
 """Negative samplers. Item indices are 1..N-1; 0 is padding and is never sampled.
 
 Every sampler returns negatives that never equal the row's positive: collisions are resampled
-(per-row sampling) or reported in a mask (batch-shared sampling).
+(per-row sampling) or reported in a mask (batch-shared sampling, hard negatives).
 """
 
 from __future__ import annotations
@@ -66,16 +66,39 @@ class PopularitySampler(Sampler):
 
 
 class HardNegativeSampler:
-    """Mines the highest-scoring non-positive items of the current model.
+    """Negatives the current model ranks high, as in Facebook's embedding-based retrieval (Huang et al.,
+    2020, §4.2): for each row, a candidate pool is scored with the row's query — ``pool_size`` distinct
+    items drawn without replacement, or the whole catalogue when that is not larger — the row's
+    positive and (given ``positives``) every training positive of the row's user are dropped, and ``n``
+    distinct negatives are drawn uniformly from the ranks ``window`` = [lo, hi) of what is left (rank 0
+    = the highest score). ``window=None`` takes the top ``n``. EBR found ranks 101–500 better than the
+    very top, which holds many positives nobody labelled. With a pool smaller than the catalogue the
+    window is scaled by pool / catalogue, so it stands for the same catalogue ranks.
 
-    For each row, scores a random candidate pool (the whole catalogue when ``pool_size`` ≥ N) with
-    the row's query and keeps the top ``n`` that are not the positive.
+    ``positives``: sorted ``user * n_items + item`` keys of the training interactions
+    (:func:`positive_keys`). Row-level draws use ``row_generator`` (each rank its own under DDP; the
+    pool draw uses ``generator``, the same on every rank).
     """
 
-    def __init__(self, n_items: int, pool_size: int = 2048, generator: torch.Generator | None = None):
-        self.n_items = n_items
-        self.pool_size = pool_size
-        self.generator = generator
+    def __init__(
+        self,
+        n_items: int,
+        pool_size: int = 2048,
+        generator: torch.Generator | None = None,
+        window: tuple[int, int] | None = None,
+        positives: torch.Tensor | None = None,
+        row_generator: torch.Generator | None = None,
+    ):
+        if window is not None and not 0 <= window[0] < window[1]:
+            raise ValueError(f"the hard-negative rank window must be [lo, hi) with 0 <= lo < hi, got {list(window)}")
+        self.n_items, self.pool_size, self.window = n_items, pool_size, window
+        self.generator, self.row_generator = generator, row_generator
+        self.positives = positives
+
+    def _pool(self) -> torch.Tensor:
+        if self.pool_size >= self.n_items - 1:
+            return torch.arange(1, self.n_items)
+        return torch.randperm(self.n_items - 1, generator=self.generator)[: self.pool_size] + 1
 
     @torch.no_grad()
     def sample(
@@ -83,18 +106,40 @@ class HardNegativeSampler:
         targets: torch.Tensor,
         n: int,
         score_fn: Callable[[torch.Tensor], torch.Tensor],
-    ) -> torch.Tensor:
-        """score_fn(candidate item indices (P,)) → (M, P) scores of each row's query."""
-        if self.pool_size >= self.n_items - 1:
-            pool = torch.arange(1, self.n_items)
-        else:
-            pool = torch.randint(1, self.n_items, (self.pool_size,), generator=self.generator)
-        if n > pool.numel() - 1:
-            raise ValueError(f"cannot mine {n} hard negatives from a pool of {pool.numel()} items")
-        s = score_fn(pool.to(targets.device)).float()
-        s = s.masked_fill(pool.to(targets.device).unsqueeze(0) == targets.view(-1, 1), float("-inf"))
-        top = torch.topk(s, n, dim=1).indices
-        return pool.to(targets.device)[top]
+        users: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``score_fn(pool (P,))`` → (M, P) scores of each row's query; ``users`` (M,): each row's user
+        index, to drop the user's training positives. → ``(negatives (M, n), valid (M, n))``: a row with
+        fewer than ``n`` eligible items in the window gets invalid (masked) slots, never a duplicate."""
+        dev = targets.device
+        pool = self._pool().to(dev)
+        P = pool.numel()
+        lo, hi = (0, n) if self.window is None else self.window
+        if self.window is not None and P < self.n_items - 1:
+            scale = P / (self.n_items - 1)
+            lo, hi = int(lo * scale), max(int(lo * scale) + n, round(hi * scale))
+        hi = min(hi, P)
+        if n > hi - lo:
+            raise ValueError(f"cannot draw {n} hard negatives from ranks [{lo}, {hi}) of a pool of {P} items")
+        s = score_fn(pool).float()
+        drop = pool.unsqueeze(0) == targets.view(-1, 1)
+        if self.positives is not None and users is not None:
+            keys = users.view(-1, 1).to(dev) * self.n_items + pool.unsqueeze(0)
+            at = torch.searchsorted(self.positives, keys).clamp(max=self.positives.numel() - 1)
+            drop |= self.positives[at] == keys
+        s = s.masked_fill(drop, float("-inf"))
+        top_s, top = torch.topk(s, hi, dim=1)
+        top_s, top = top_s[:, lo:], top[:, lo:]
+        if hi - lo > n:  # n distinct ranks of the window, uniformly: the n largest of random keys
+            keys = torch.rand(top.shape, generator=self.row_generator, device="cpu").to(dev)
+            pick = torch.topk(keys.masked_fill(top_s == float("-inf"), -1.0), n, dim=1).indices
+            top_s, top = top_s.gather(1, pick), top.gather(1, pick)
+        return pool[top], top_s > float("-inf")
+
+
+def positive_keys(users: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Sorted unique ``user * n_items + item`` keys: the (user, item) pairs a hard sampler never returns."""
+    return torch.unique(users.long() * n_items + items.long())
 
 
 class StreamingFrequencyEstimator:

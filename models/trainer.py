@@ -19,7 +19,16 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .base import RecallModel, score_pairs
-from .data import SequenceData, Split, build_batch, item_batch, n_targets, train_item_counts, training_examples
+from .data import (
+    SequenceData,
+    Split,
+    build_batch,
+    event_positions,
+    item_batch,
+    n_targets,
+    train_item_counts,
+    training_examples,
+)
 from .evaluation import evaluate_model, item_embeddings, user_embeddings
 from .losses import (
     full_softmax_loss,
@@ -31,7 +40,7 @@ from .losses import (
     shared_sampled_softmax_loss,
 )
 from .registry import save_checkpoint
-from .samplers import NEGATIVES, HardNegativeSampler, PopularitySampler, UniformSampler
+from .samplers import NEGATIVES, HardNegativeSampler, PopularitySampler, UniformSampler, positive_keys
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +53,15 @@ class TrainConfig:
     shared_negatives: bool = True  # one negative set per batch (fast) vs per row
     alpha: float = 0.75  # popularity sampler exponent
     logq: bool = True  # log-Q correction in list-wise mode
-    margin: float = 0.0  # pair-wise mode: 0 = BPR, > 0 = triplet hinge with this margin
-    hard_pool: int = 2048  # candidate pool scored to mine hard negatives
+    margin: float = 0.0  # pair-wise mode: 0 = BPR, > 0 = triplet hinge with this margin (similarity units, before τ)
+    # Hard negatives (negative "hard"; Huang et al. 2020): each row scores a pool of hard_pool items and
+    # draws from the ranks hard_window = [lo, hi) (None: the top num_negatives), never the row's user's
+    # training positives (unless hard_exclude_positives is false); hard_share of num_negatives are mined,
+    # the rest drawn uniformly at random (EBR's blend of easy and hard negatives).
+    hard_pool: int = 2048
+    hard_window: tuple[int, int] | None = None
+    hard_share: float = 1.0
+    hard_exclude_positives: bool = True
     catalogue_tower_max: int = 20_000  # up to this many items, run the item tower on all of them per step
     # Above this many items mode "full" (a softmax over the whole catalogue: a batch × items logit matrix
     # per step) becomes a sampled softmax with log-Q-corrected popularity negatives; None: never.
@@ -74,6 +90,12 @@ class TrainConfig:
         object.__setattr__(self, "mode", resolve_mode(self.mode))
         if self.negative not in NEGATIVES:
             raise ValueError(f"unknown negative sampler {self.negative!r}; choose one of: {', '.join(NEGATIVES)}")
+        if self.hard_window is not None:
+            object.__setattr__(self, "hard_window", tuple(int(x) for x in self.hard_window))
+            if len(self.hard_window) != 2 or not 0 <= self.hard_window[0] < self.hard_window[1]:
+                raise ValueError(f"hard_window must be [lo, hi) ranks with 0 <= lo < hi, got {list(self.hard_window)}")
+        if not 0.0 <= self.hard_share <= 1.0:
+            raise ValueError(f"hard_share must lie in [0, 1], got {self.hard_share}")
         metric, _, k = self.monitor.partition("@")
         if metric not in ("recall", "ndcg") or not k.isdigit():
             raise ValueError(f"monitor must be recall@K or ndcg@K on validation data, got {self.monitor!r}")
@@ -153,7 +175,17 @@ class MatchTrainer:
         elif config.negative == "popularity":
             self.sampler = PopularitySampler(counts, config.alpha, self.gen)
         elif config.negative == "hard":
-            self.sampler = HardNegativeSampler(data.n_items, config.hard_pool, self.gen)
+            # Row-level draws (which ranks of the window, the random share) differ in size between DDP
+            # ranks: their own stream, so the shared generator stays in step on every rank.
+            rows = torch.Generator().manual_seed(config.seed * 7919 + self.world.rank + 1)
+            positives = None
+            if config.hard_exclude_positives:
+                user, pos = event_positions(data)
+                train = pos < split.train_end[user]
+                positives = positive_keys(user[train], data.items[train], data.n_items).to(self.device)
+            self.sampler = HardNegativeSampler(data.n_items, config.hard_pool, self.gen, config.hard_window,
+                                               positives, rows)  # fmt: skip
+            self.easy = UniformSampler(data.n_items, rows)
         else:
             self.sampler = None
         self.items_all = {k: v.to(self.device) for k, v in item_batch(data).items()}
@@ -228,10 +260,8 @@ class MatchTrainer:
         pos = score_pairs(q, pos_emb)
         log_q_neg = None
         if cfg.negative == "hard":
-            qd = q.detach()
-            neg_ids = self.sampler.sample(tgt, n, lambda pool: model.score(qd, self._items(pool)))
+            neg_ids, mask = self._hard_negatives(q.detach(), tgt, batch)
             neg = score_pairs(q, self._items(neg_ids.flatten()).view(*neg_ids.shape, -1))
-            mask = torch.ones_like(neg, dtype=torch.bool)
         elif cfg.shared_negatives:
             neg_ids, mask = self.sampler.sample_shared(tgt.cpu(), n)
             neg_ids, mask = neg_ids.to(self.device), mask.to(self.device)
@@ -249,14 +279,36 @@ class MatchTrainer:
             return listwise_loss(pos, neg, mask, lq_pos, log_q_neg if use_q else None)
         return self._pair_or_point(pos, neg, mask)
 
+    def _hard_negatives(self, q: torch.Tensor, tgt: torch.Tensor, batch: dict[str, torch.Tensor]):
+        """(M, num_negatives) negatives and their validity: ``hard_share`` mined, the rest uniform."""
+        cfg = self.config
+        n_hard = round(cfg.num_negatives * cfg.hard_share)
+        users = batch["user_id"]
+        if users.numel() != tgt.numel():  # causal: one row per predicted slot
+            users = users.unsqueeze(1).expand_as(batch["target_seq"])[batch["target_seq"] > 0]
+        parts, masks = [], []
+        if n_hard:
+            hard, ok = self.sampler.sample(tgt, n_hard, lambda pool: self.model.score(q, self._items(pool)), users)
+            parts.append(hard)
+            masks.append(ok)
+        if cfg.num_negatives - n_hard:
+            easy = self.easy.sample(tgt.cpu(), cfg.num_negatives - n_hard).to(self.device)
+            parts.append(easy)
+            masks.append(torch.ones_like(easy, dtype=torch.bool))
+        return torch.cat(parts, 1), torch.cat(masks, 1)
+
     def _pair_or_point(self, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.mode == "pairwise":
-            return pairwise_loss(pos, neg, mask, self.config.margin)
+            if self.config.margin > 0:  # the triplet loss: its margin is in similarity units (cosine), before τ
+                t = self.model.temperature
+                return pairwise_loss(pos * t, neg * t, mask, self.config.margin)
+            return pairwise_loss(pos, neg, mask)
         return pointwise_loss(pos, neg, mask)
 
     def regularization(self) -> torch.Tensor:
         cfg = self.config
-        reg = torch.zeros((), device=self.device)
+        aux = self.model.aux_loss()
+        reg = torch.zeros((), device=self.device) if aux is None else aux
         if cfg.embedding_l2 > 0:
             reg = reg + cfg.embedding_l2 * sum(e.weight.pow(2).sum() for e in self.model.bank.tables.values())
         if cfg.dense_l2 > 0:

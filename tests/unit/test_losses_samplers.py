@@ -15,7 +15,7 @@ from models.losses import (
     pointwise_loss,
     resolve_mode,
 )
-from models.samplers import HardNegativeSampler, PopularitySampler, UniformSampler
+from models.samplers import HardNegativeSampler, PopularitySampler, UniformSampler, positive_keys
 
 
 def test_mode_names_and_spec_integers():
@@ -88,16 +88,21 @@ def test_inbatch_masks_duplicate_positives():
     assert mask.tolist() == [[False, True, False], [True, False, True], [False, True, False]]
 
 
-def test_popularity_sampler_matches_count_power_alpha():
-    counts = torch.tensor([0, 1, 10, 100, 1000])
-    s = PopularitySampler(counts, alpha=0.75, generator=torch.Generator().manual_seed(0))
-    draws = s._draw(400_000)
-    freq = torch.bincount(draws, minlength=5).double() / draws.numel()
-    expect = counts.double().pow(0.75)
-    expect[0] = 0
-    expect /= expect.sum()
-    assert freq[0] == 0
-    assert torch.allclose(freq, expect, atol=0.004)
+def test_popularity_sampler_draws_count_power_alpha_within_a_chi_square_bound():
+    # counts 1, 16, 81, 256 to the power 0.75 are 1, 8, 27, 64: q = [0, .01, .08, .27, .64] by hand.
+    from scipy.stats import chi2
+
+    s = PopularitySampler(torch.tensor([0, 1, 16, 81, 256]), alpha=0.75, generator=torch.Generator().manual_seed(0))
+    n = 100_000
+    observed = torch.bincount(s._draw(n), minlength=5).double()
+    expected = torch.tensor([0.0, 0.01, 0.08, 0.27, 0.64], dtype=torch.float64) * n
+    assert observed[0] == 0  # padding is never drawn
+    stat = float(((observed[1:] - expected[1:]) ** 2 / expected[1:]).sum())
+    assert stat < chi2.ppf(0.999, df=3), stat
+    # ... and the test has power: the same draws are far from uniform and from alpha = 1.
+    for wrong in ([0.25] * 4, [1 / 354, 16 / 354, 81 / 354, 256 / 354]):
+        e = torch.tensor(wrong, dtype=torch.float64) * n
+        assert float(((observed[1:] - e) ** 2 / e).sum()) > chi2.ppf(0.999, df=3)
 
 
 @pytest.mark.parametrize("sampler", [UniformSampler(6), PopularitySampler(torch.tensor([0, 1, 1, 1, 50, 1]))])
@@ -114,8 +119,41 @@ def test_negatives_never_equal_the_positive(sampler):
 def test_hard_negatives_are_the_top_scored_non_positives():
     item_scores = torch.tensor([0.0, 0.1, 0.9, 0.8, 0.95, 0.2])
     hard = HardNegativeSampler(6, pool_size=10_000)
-    neg = hard.sample(torch.tensor([4, 2]), 2, lambda pool: item_scores[pool].expand(2, -1))
-    assert neg.tolist() == [[2, 3], [4, 3]]
+    neg, ok = hard.sample(torch.tensor([4, 2]), 2, lambda pool: item_scores[pool].expand(2, -1))
+    assert neg.tolist() == [[2, 3], [4, 3]] and ok.all()
+
+
+def test_hard_negatives_skip_the_users_training_positives_and_draw_from_the_rank_window():
+    # Scores rank the items 9 > 8 > ... > 1. User 0 has positives 9 and 7, user 1 has 8.
+    item_scores = torch.arange(10.0) / 10
+    positives = positive_keys(torch.tensor([0, 0, 1]), torch.tensor([9, 7, 8]), 10)
+    hard = HardNegativeSampler(10, pool_size=10_000, positives=positives)
+    score = lambda pool: item_scores[pool].expand(2, -1)  # noqa: E731
+    neg, _ = hard.sample(torch.tensor([1, 2]), 3, score, users=torch.tensor([0, 1]))
+    assert neg.tolist() == [[8, 6, 5], [9, 7, 6]]  # without the users' positives and their targets
+    # Ranks [1, 4) of what is left: user 0's left are 8, 6, 5, 4, ... → three of {6, 5, 4}, each once.
+    windowed = HardNegativeSampler(10, 10_000, window=(1, 4), positives=positives,
+                                   row_generator=torch.Generator().manual_seed(0))  # fmt: skip
+    for _ in range(20):
+        neg, ok = windowed.sample(torch.tensor([1, 2]), 2, score, users=torch.tensor([0, 1]))
+        assert set(neg[0].tolist()) <= {6, 5, 4} and set(neg[1].tolist()) <= {7, 6, 5} and ok.all()
+        assert neg[0, 0] != neg[0, 1] and neg[1, 0] != neg[1, 1]
+
+
+def test_hard_negative_pools_smaller_than_the_catalogue_hold_no_duplicates_and_never_the_positive():
+    g = torch.Generator().manual_seed(0)
+    hard = HardNegativeSampler(1000, pool_size=200, generator=g, row_generator=g)
+    targets = torch.randint(1, 1000, (64,), generator=g)
+    scores = torch.rand(1000, generator=g)
+    neg, ok = hard.sample(targets, 50, lambda pool: scores[pool].expand(64, -1))
+    assert ok.all() and (neg > 0).all() and not (neg == targets.unsqueeze(1)).any()
+    assert all(len(set(row)) == 50 for row in neg.tolist())
+    # The window scales to the pool: catalogue ranks [100, 500) of 999 items ≈ pool ranks [20, 100).
+    windowed = HardNegativeSampler(1000, pool_size=200, generator=g, window=(100, 500), row_generator=g)
+    neg, ok = windowed.sample(targets, 50, lambda pool: scores[pool].expand(64, -1))
+    assert ok.all() and all(len(set(row)) == 50 for row in neg.tolist())
+    rank = (scores[1:].unsqueeze(0) > scores[neg].flatten().unsqueeze(1)).sum(1)  # catalogue rank of each
+    assert ((rank >= 50) & (rank < 700)).float().mean() > 0.95, rank.float().quantile(torch.tensor([0.05, 0.95]))
 
 
 @pytest.mark.parametrize("with_logq", [False, True])

@@ -126,9 +126,10 @@ def test_tiny_dataset_can_be_overfitted(name):
     u = user_embeddings(model, enc.data, users, pos, MAX_LEN)
     targets = enc.data.items[enc.data.indptr[users] + pos]
     m = evaluate_embeddings(u, item_embeddings(model, enc.data), targets, ks=(1, 5))
-    # Chance is 5/30. Users of ComiRec-SA and SINE are attention-weighted averages of history
-    # embeddings (no non-linear layer), which cannot memorise every prefix → next-item pair.
-    assert m["recall@5"] >= (0.5 if name in ("comirec_sa", "sine") else 0.8), m
+    # Chance is 5/30. Users of ComiRec-SA and SINE are attention-weighted averages of the history's
+    # item embeddings (positions only steer the weights; no non-linear layer), which cannot memorise
+    # every prefix → next-item pair.
+    assert m["recall@5"] >= (0.35 if name in ("comirec_sa", "sine") else 0.8), m
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -181,32 +182,40 @@ def test_early_stopping_uses_validation_and_saves_best(tiny, tmp_path):
     assert again["ndcg@10"] == pytest.approx(best, abs=1e-6)
 
 
-CAUSAL = [(n, {}) for n in NAMES if MODELS[n].causal] + [
-    ("youtube_dnn", {"pooling": "time_decay", "decay_rate": 0.5}),
-    ("youtube_dnn", {"context": True}),  # each target's own moment
+# (YoutubeDNN pools its last 3 events here, so that 6-slot windows hold targets.)
+CAUSAL = [(n, {"history_len": 3} if n == "youtube_dnn" else {}) for n in NAMES if MODELS[n].causal] + [
+    ("youtube_dnn", {"pooling": "time_decay", "decay_rate": 0.5, "history_len": 3}),
+    ("youtube_dnn", {"context": True, "history_len": 3}),  # each target's own moment
 ]
 
 
 @pytest.mark.parametrize("name,params", CAUSAL)
 def test_causal_training_queries_equal_serving_user_vectors(name, params, tiny):
-    """A causal model's training query for a slot is exactly the user vector served for that event."""
+    """A causal model's training query for a slot is exactly the user vector served for that event from
+    the history inside the slot's training window: for the window that starts at the user's first event
+    that is the served history itself; a later window's early slots see the history cut at the window's
+    start (the first ``train_context`` slots of each window are history only for this reason)."""
     _, enc, split = tiny
     model = make(name, enc, **params).eval()
-    ctx = model.train_context
-    users, pos = training_examples(enc.data, split, True, MAX_LEN, ctx)
-    # Rows whose window reaches back to the user's first event (for SASRec, positions then agree).
-    keep = pos < MAX_LEN
-    users, pos = users[keep][:6], pos[keep][:6]
-    b = build_batch(enc.data, users, pos, MAX_LEN, True, ctx)
+    ctx, L = model.train_context, 6  # short windows: users here have up to 15 events
+    users, pos = training_examples(enc.data, split, True, L, ctx)
+    first = pos < L
+    users = torch.cat([users[first][:4], users[~first][:4]])  # windows from the first event, and later ones
+    pos = torch.cat([pos[first][:4], pos[~first][:4]])
+    assert (pos >= L).sum() == 4
+    b = build_batch(enc.data, users, pos, L, True, ctx)
     q, tgt = model.train_queries(b)
-    # Rebuild the same targets one by one as serving-time point batches.
-    slot_event = pos.unsqueeze(1) - MAX_LEN + torch.arange(MAX_LEN).unsqueeze(0) + 1  # event each slot predicts
+    # Rebuild the same targets one by one as serving-time point batches, the history cut at the window.
+    slot_event = pos.unsqueeze(1) - L + torch.arange(L).unsqueeze(0) + 1  # event each slot predicts
     is_target = b["target_seq"] > 0
-    expect = model.user_tower(
-        build_batch(enc.data, users.unsqueeze(1).expand_as(slot_event)[is_target], slot_event[is_target], MAX_LEN)
-    )
+    event, window_start = slot_event[is_target], (pos - L).unsqueeze(1).expand_as(slot_event)[is_target]
+    served = build_batch(enc.data, users.unsqueeze(1).expand_as(slot_event)[is_target], event, L)
+    outside = (event.unsqueeze(1) - L + torch.arange(L).unsqueeze(0)) < window_start.unsqueeze(1)
+    served["hist_item_ids"] = served["hist_item_ids"].masked_fill(outside, 0)
+    served["hist_age"] = served["hist_age"].masked_fill(outside, 0.0)
+    assert int(outside.any(1).sum()) > 0  # some served histories are cut
     assert torch.equal(tgt, b["target_seq"][is_target])
-    assert torch.allclose(q, expect, atol=1e-5)
+    assert torch.allclose(q, model.user_tower(served), atol=1e-5)
 
 
 def test_time_decay_pooling_weights_recent_items_more(tiny):
@@ -225,3 +234,30 @@ def test_time_decay_pooling_weights_recent_items_more(tiny):
 
 def model_rate(model):
     return torch.nn.functional.softplus(model.decay).item()
+
+
+def test_ebr_triplet_margin_is_in_cosine_units_and_hard_share_blends_random_negatives(tiny):
+    _, enc, split = tiny
+    model = make("facebook_dssm", enc)  # cosine towers, τ = 0.05
+    cfg = TrainConfig(mode="pairwise", margin=0.2, negative="hard", num_negatives=10, hard_share=0.3,
+                      max_len=MAX_LEN, progress=False)  # fmt: skip
+    tr = MatchTrainer(model, cfg, enc.data, split)
+    # cos 0.5 vs 0.4 (scores 10 and 8 after ÷ τ): the hinge is 0.2 − 0.1 = 0.1, not max(0, 0.2 − 2) = 0.
+    loss = tr._pair_or_point(torch.tensor([10.0]), torch.tensor([[8.0]]), torch.ones(1, 1, dtype=torch.bool))
+    assert loss.item() == pytest.approx(0.1)
+    batch = _one_batch(model, enc, split)
+    model.eval()
+    with torch.no_grad():
+        q, tgt = model.train_queries(batch)
+        neg, ok = tr._hard_negatives(q, tgt, batch)
+        assert neg.shape == (tgt.numel(), 10) and ok.all() and not (neg == tgt.unsqueeze(1)).any()
+        # The first 3 are each row's highest-scored items that are not a training positive of its user.
+        scores = score(q, model.item_tower(item_batch(enc.data)))
+        scores[:, 0] = -torch.inf
+        user = torch.as_tensor(np.repeat(np.arange(enc.data.n_users), enc.data.lengths.numpy()))
+        in_train = torch.arange(enc.data.items.numel()) - enc.data.indptr[user] < split.train_end[user]
+        for r, u in enumerate(batch["user_id"].tolist()):
+            own = enc.data.items[(user == u) & in_train]
+            scores[r, own] = -torch.inf
+            scores[r, tgt[r]] = -torch.inf
+        assert torch.equal(neg[:, :3], torch.topk(scores, 3, dim=1).indices)

@@ -1,5 +1,8 @@
 """Model-specific checks of the multi-interest blocks and the streaming frequency estimator."""
 
+import math
+
+import pytest
 import torch
 
 from models.layers import CapsuleRouting, RecurrentEncoder, label_aware, squash
@@ -34,10 +37,63 @@ def test_label_aware_selection_picks_the_closest_interest():
     targets = torch.tensor([[0.1, 2.0], [-3.0, 0.2], [1.0, 0.9]])
     chosen = label_aware(interests, targets)
     assert torch.equal(chosen, torch.tensor([[0.0, 1.0], [-1.0, 0.0], [1.0, 0.0]]))
-    soft = label_aware(interests, targets, power=500.0)  # a steep softmax approaches the argmax
-    assert torch.allclose(soft, chosen, atol=1e-3)
-    flat = label_aware(interests, targets, power=0.0)  # power 0 averages the interests
-    assert torch.allclose(flat, interests.mean(1))
+    only_two = label_aware(interests, targets, active=torch.tensor([[True, True, False]]).expand(3, -1))
+    assert torch.equal(only_two[1], torch.tensor([0.0, 1.0]))  # row 1's best (-1, 0) is not its interest
+
+
+def test_label_aware_attention_is_softmax_of_pow_scores_hand_worked():
+    # Scores of target (1, 0.5) against interests (1, 0), (0, 1), (-1, 0): 1, 0.5, -1.
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])
+    target = torch.tensor([[1.0, 0.5]])
+    e = [math.exp(1.0), math.exp(0.5), math.exp(-1.0)]
+    w1 = [x / sum(e) for x in e]  # p = 1: softmax(1, 0.5, -1)
+    assert torch.allclose(label_aware(interests, target, power=1), torch.tensor([[w1[0] - w1[2], w1[1]]]))
+    e2 = [math.exp(1.0), math.exp(0.25), math.exp(1.0)]  # p = 2: softmax(1, 0.25, 1), the paper's pow
+    w2 = [x / sum(e2) for x in e2]
+    assert torch.allclose(label_aware(interests, target, power=2), torch.tensor([[w2[0] - w2[2], w2[1]]]))
+    masked = label_aware(interests, target, power=2, active=torch.tensor([[True, True, False]]))
+    w = [math.exp(1.0) / (math.exp(1.0) + math.exp(0.25)), math.exp(0.25) / (math.exp(1.0) + math.exp(0.25))]
+    assert torch.allclose(masked, torch.tensor([w]))
+
+
+def test_mind_routing_gives_distinct_interests_from_the_first_pass():
+    """One shared map and equal starting logits per item would give K parallel interests; MIND's
+    logits drawn per (interest, slot) do not — in training (a fresh draw) and in eval (a fixed one)."""
+    torch.manual_seed(0)
+    routing = CapsuleRouting(16, n_interest=4, iterations=1, shared=True)
+    x, mask = torch.randn(32, 20, 16), torch.ones(32, 20, dtype=torch.bool)
+
+    def max_abs_cos(v):
+        v = torch.nn.functional.normalize(v, dim=-1)
+        cos = (v @ v.transpose(1, 2)).abs() - torch.eye(4)
+        return cos.amax(dim=(1, 2))
+
+    assert max_abs_cos(routing.train()(x, mask)).median() < 0.9
+    routing.eval()
+    first = routing(x, mask)
+    assert max_abs_cos(first).median() < 0.9 and torch.equal(first, routing(x, mask))  # deterministic
+    # Eval logits follow the slot's distance from the newest event: left padding does not move them.
+    pad = torch.zeros(32, 5, dtype=torch.bool)
+    padded = routing(torch.cat([torch.zeros(32, 5, 16), x], 1), torch.cat([pad, mask], 1))
+    assert torch.allclose(padded, first, atol=1e-6)
+
+
+def test_mind_users_with_short_histories_have_fewer_interests():
+    from components.datasets import SyntheticConfig, encode, generate_synthetic
+    from models.registry import build_model
+
+    enc = encode(generate_synthetic(SyntheticConfig(n_users=20, n_items=30, n_interactions=400, seed=1)), max_len=20)
+    model = build_model("mind", enc.schema, embedding_dim=8, n_interest=4).eval()
+    hist = torch.zeros(4, 20, dtype=torch.long)
+    for row, n in enumerate((1, 3, 4, 20)):  # K'_u = max(1, min(4, floor(log2 n))) = 1, 1, 2, 4
+        hist[row, -n:] = torch.randint(1, 30, (n,))
+    batch = {"hist_item_ids": hist, **{f.name: torch.ones(4, dtype=torch.long) for f in model.user_features
+                                       if f.name != "hist_item_ids"}}  # fmt: skip
+    _, active = model.interests_and_active(batch)
+    assert active.sum(1).tolist() == [1, 1, 2, 4]
+    served = model.user_tower(batch)
+    assert torch.equal(served[0, 1:], served[0, :1].expand(3, -1))  # copies of the first: the max is its own
+    assert torch.equal(served[2, 2:], served[2, :1].expand(2, -1)) and not torch.equal(served[2, 1], served[2, 0])
 
 
 def test_recurrent_encoder_ignores_left_padding():
@@ -65,3 +121,30 @@ def test_streaming_frequency_estimator_converges_to_true_frequencies():
     for _ in range(3000):
         est.update(torch.multinomial(drift, batch, replacement=True, generator=g))
     assert est.probability(torch.tensor([5])) > 0.9 and est.probability(torch.tensor([1])) < 0.5
+
+
+def _sine(**kw):
+    from components.datasets import SyntheticConfig, encode, generate_synthetic
+    from models.registry import build_model
+
+    enc = encode(generate_synthetic(SyntheticConfig(n_users=20, n_items=30, n_interactions=400, seed=1)), max_len=20)
+    return build_model("sine", enc.schema, embedding_dim=4, n_interest=2, n_concepts=2, **kw)
+
+
+def test_sine_covariance_regulariser_hand_worked():
+    model = _sine(covariance_weight=0.5)
+    with torch.no_grad():  # parallel concepts (mean 0): M = C Cᵀ / 4 = [[.5, .5], [.5, .5]]
+        model.concepts.copy_(torch.tensor([[1.0, -1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]]))
+        assert model.aux_loss().item() == pytest.approx(0.5 * 0.5 * (4 * 0.25 - 2 * 0.25))  # λ · ½ off-diagonal²
+        model.concepts.copy_(torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]]))  # orthogonal: 0
+        assert model.aux_loss().item() == pytest.approx(0.0)
+
+
+def test_sine_serves_one_vector_aggregated_by_the_current_intention(monkeypatch):
+    model = _sine(aggregate_temperature=0.1).eval()
+    phi = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]])
+    c_apt = torch.tensor([[0.2, 0.1, 0.0, 0.0]])  # ⟨φ, C_apt⟩ / τ = (2, 1): weights softmax(2, 1)
+    monkeypatch.setattr(model, "interests_and_intention", lambda batch: (phi, c_apt))
+    e = torch.softmax(torch.tensor([2.0, 1.0]), 0)
+    assert torch.allclose(model.user_tower({}), torch.tensor([[e[0], e[1], 0.0, 0.0]]))
+    assert model.user_tower({}).shape == (1, 4)  # not K vectors: the paper serves the aggregate
