@@ -75,9 +75,10 @@ class HardNegativeSampler:
     very top, which holds many positives nobody labelled. With a pool smaller than the catalogue the
     window is scaled by pool / catalogue, so it stands for the same catalogue ranks.
 
-    ``positives``: sorted ``user * n_items + item`` keys of the training interactions
-    (:func:`positive_keys`). Row-level draws use ``row_generator`` (each rank its own under DDP; the
-    pool draw uses ``generator``, the same on every rank).
+    ``positives``: each user's training items as CSR ``(indptr (U+1,), items)`` (:func:`user_positives`);
+    dropping them costs one scatter per (row, positive), not a lookup per (row, pool item). Row-level
+    draws use ``row_generator`` (each rank its own under DDP; the pool draw uses ``generator``, the same
+    on every rank).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class HardNegativeSampler:
         pool_size: int = 2048,
         generator: torch.Generator | None = None,
         window: tuple[int, int] | None = None,
-        positives: torch.Tensor | None = None,
+        positives: tuple[torch.Tensor, torch.Tensor] | None = None,
         row_generator: torch.Generator | None = None,
     ):
         if window is not None and not 0 <= window[0] < window[1]:
@@ -124,9 +125,14 @@ class HardNegativeSampler:
         s = score_fn(pool).float()
         drop = pool.unsqueeze(0) == targets.view(-1, 1)
         if self.positives is not None and users is not None:
-            keys = users.view(-1, 1).to(dev) * self.n_items + pool.unsqueeze(0)
-            at = torch.searchsorted(self.positives, keys).clamp(max=self.positives.numel() - 1)
-            drop |= self.positives[at] == keys
+            indptr, items = self.positives
+            col = torch.full((self.n_items,), -1, dtype=torch.long, device=dev)
+            col[pool] = torch.arange(P, device=dev)  # item → its pool column
+            starts, lengths = indptr[users], indptr[users + 1] - indptr[users]
+            row = torch.repeat_interleave(torch.arange(users.numel(), device=dev), lengths)
+            offset = torch.arange(int(lengths.sum()), device=dev) - (torch.cumsum(lengths, 0) - lengths)[row]
+            c = col[items[starts[row] + offset]]
+            drop[row[c >= 0], c[c >= 0]] = True
         s = s.masked_fill(drop, float("-inf"))
         top_s, top = torch.topk(s, hi, dim=1)
         top_s, top = top_s[:, lo:], top[:, lo:]
@@ -137,9 +143,14 @@ class HardNegativeSampler:
         return pool[top], top_s > float("-inf")
 
 
-def positive_keys(users: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
-    """Sorted unique ``user * n_items + item`` keys: the (user, item) pairs a hard sampler never returns."""
-    return torch.unique(users.long() * n_items + items.long())
+def user_positives(users: torch.Tensor, items: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's distinct items as CSR ``(indptr (n_users + 1,), items)``: the (user, item) pairs a
+    hard sampler never returns."""
+    n_items = int(items.max()) + 1 if items.numel() else 1
+    keys = torch.unique(users.long() * n_items + items.long())
+    indptr = torch.zeros(n_users + 1, dtype=torch.long)
+    indptr[1:] = torch.cumsum(torch.bincount(keys // n_items, minlength=n_users), 0)
+    return indptr, keys % n_items
 
 
 class StreamingFrequencyEstimator:

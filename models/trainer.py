@@ -40,7 +40,7 @@ from .losses import (
     shared_sampled_softmax_loss,
 )
 from .registry import save_checkpoint
-from .samplers import NEGATIVES, HardNegativeSampler, PopularitySampler, UniformSampler, positive_keys
+from .samplers import NEGATIVES, HardNegativeSampler, PopularitySampler, UniformSampler, user_positives
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ class MatchTrainer:
             if config.hard_exclude_positives:
                 user, pos = event_positions(data)
                 train = pos < split.train_end[user]
-                positives = positive_keys(user[train], data.items[train], data.n_items).to(self.device)
+                indptr, items = user_positives(user[train], data.items[train], data.n_users)
+                positives = (indptr.to(self.device), items.to(self.device))
             self.sampler = HardNegativeSampler(data.n_items, config.hard_pool, self.gen, config.hard_window,
                                                positives, rows)  # fmt: skip
             self.easy = UniformSampler(data.n_items, rows)

@@ -15,7 +15,7 @@ from models.losses import (
     pointwise_loss,
     resolve_mode,
 )
-from models.samplers import HardNegativeSampler, PopularitySampler, UniformSampler, positive_keys
+from models.samplers import HardNegativeSampler, PopularitySampler, UniformSampler, user_positives
 
 
 def test_mode_names_and_spec_integers():
@@ -126,7 +126,7 @@ def test_hard_negatives_are_the_top_scored_non_positives():
 def test_hard_negatives_skip_the_users_training_positives_and_draw_from_the_rank_window():
     # Scores rank the items 9 > 8 > ... > 1. User 0 has positives 9 and 7, user 1 has 8.
     item_scores = torch.arange(10.0) / 10
-    positives = positive_keys(torch.tensor([0, 0, 1]), torch.tensor([9, 7, 8]), 10)
+    positives = user_positives(torch.tensor([0, 0, 1]), torch.tensor([9, 7, 8]), 2)
     hard = HardNegativeSampler(10, pool_size=10_000, positives=positives)
     score = lambda pool: item_scores[pool].expand(2, -1)  # noqa: E731
     neg, _ = hard.sample(torch.tensor([1, 2]), 3, score, users=torch.tensor([0, 1]))
