@@ -13,7 +13,8 @@ import torch  # noqa: E402
 from components.datasets import SyntheticConfig, encode, generate_synthetic  # noqa: E402
 from models.data import leave_last_out  # noqa: E402
 
-torch.set_num_threads(2)
+# Two cores: one torch thread per pytest-xdist worker (`make test` runs two), both when running alone.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(scope="session")
