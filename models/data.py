@@ -79,11 +79,16 @@ def event_positions(data: SequenceData) -> tuple[torch.Tensor, torch.Tensor]:
     return user, torch.arange(data.items.numel()) - data.indptr[user]
 
 
-def train_item_counts(data: SequenceData, split: Split) -> torch.Tensor:
-    """Training-event count per item index: the popularity baseline and popularity sampler."""
+def train_events(data: SequenceData, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(user, item)`` of every training event (the events before each user's held-out ones)."""
     user, pos = event_positions(data)
     in_train = pos < split.train_end[user]
-    return torch.bincount(data.items[in_train], minlength=data.n_items)
+    return user[in_train], data.items[in_train]
+
+
+def train_item_counts(data: SequenceData, split: Split) -> torch.Tensor:
+    """Training-event count per item index: the popularity baseline and popularity sampler."""
+    return torch.bincount(train_events(data, split)[1], minlength=data.n_items)
 
 
 def history(

@@ -92,7 +92,8 @@ class SINE(SequenceRecallModel):
     def interests_and_intention(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The K interest embeddings φ (B, K, d) and the current intention C_apt (B, d)."""
         x, mask = self.history(batch)
-        xp = x + self._positions(x, mask)
+        pos = self._positions(x, mask)
+        xp = x + pos
         z = torch.einsum("blo,bld->bd", self.summary(xp, mask), x)
         s = z @ self.concepts.T  # (B, C)
         top = s.topk(self.K, dim=1)
@@ -102,7 +103,7 @@ class SINE(SequenceRecallModel):
         p_t_k = self.per_interest(xp, mask)  # (B, L, K), softmax over t
         phi = self.norm_interest(torch.einsum("blk,bld->bkd", p_k_t * p_t_k, x))  # (B, K, d)
         x_hat = p_k_t @ cu  # (B, L, d): each slot's intention
-        a = self.intention(x_hat + self._positions(x, mask), mask)  # (B, L, 1)
+        a = self.intention(x_hat + pos, mask)  # (B, L, 1)
         c_apt = self.norm_intention(torch.einsum("blo,bld->bd", a, x_hat))
         return phi, c_apt
 

@@ -23,9 +23,9 @@ from .data import (
     SequenceData,
     Split,
     build_batch,
-    event_positions,
     item_batch,
     n_targets,
+    train_events,
     train_item_counts,
     training_examples,
 )
@@ -180,9 +180,7 @@ class MatchTrainer:
             rows = torch.Generator().manual_seed(config.seed * 7919 + self.world.rank + 1)
             positives = None
             if config.hard_exclude_positives:
-                user, pos = event_positions(data)
-                train = pos < split.train_end[user]
-                indptr, items = user_positives(user[train], data.items[train], data.n_users)
+                indptr, items = user_positives(*train_events(data, split), data.n_users)
                 positives = (indptr.to(self.device), items.to(self.device))
             self.sampler = HardNegativeSampler(data.n_items, config.hard_pool, self.gen, config.hard_window,
                                                positives, rows)  # fmt: skip
