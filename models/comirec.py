@@ -1,8 +1,10 @@
-"""ComiRec (Cen et al., 2020): multi-interest extraction by dynamic routing (ComirecDR, one map per
-interest) or by multi-head self-attention (ComirecSA); the interest closest to a training target
-is the one trained on it."""
+"""ComiRec (Cen et al., 2020): multi-interest extraction by dynamic routing (ComirecDR: a bilinear
+map per history slot and interest, W_ij in the paper, zero starting logits) or by multi-head
+self-attention (ComirecSA); the interest closest to a training target is the one trained on it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,16 +23,25 @@ class ComirecDR(MultiInterestModel):
         item_features: list[Feature],
         n_interest: int = 4,
         routing_iterations: int = 3,
+        max_len: int = 200,
+        per_slot: bool = True,
         temperature: float = 1.0,
     ):
         super().__init__(user_features, item_features, temperature)
-        self.routing = CapsuleRouting(self.dim, n_interest, routing_iterations, shared=False)
-        self._remember(n_interest=n_interest, routing_iterations=routing_iterations)
+        self.routing = CapsuleRouting(
+            self.dim, n_interest, routing_iterations, shared=False, max_len=max_len, per_slot=per_slot
+        )
+        self._remember(n_interest=n_interest, routing_iterations=routing_iterations, max_len=max_len, per_slot=per_slot)
+
+    @classmethod
+    def from_schema(cls, schema: Any, embedding_dim: int = 64, **params: Any) -> ComirecDR:
+        params.setdefault("max_len", schema.max_len)  # one set of maps per history slot
+        return super().from_schema(schema, embedding_dim, **params)  # type: ignore[return-value]
 
     def interests(self, batch: Batch) -> torch.Tensor:
-        x, mask = self.history(batch)
+        ids = batch[self.hist.name]
         table = self.bank.tables[self.hist.table].weight
-        return self.routing(x, mask, batch[self.hist.name], table)  # (B, K, d)
+        return self.routing(None, ids > 0, ids, table)  # (B, K, d); embeddings looked up as needed
 
 
 class ComirecSA(MultiInterestModel):

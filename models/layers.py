@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {
@@ -165,12 +166,23 @@ class CapsuleRouting(nn.Module):
     in routing (their logits are −∞ in every round) and come out as zero vectors.
     """
 
-    def __init__(self, dim: int, n_interest: int, iterations: int = 3, shared: bool = True, max_len: int = 256):
+    def __init__(
+        self,
+        dim: int,
+        n_interest: int,
+        iterations: int = 3,
+        shared: bool = True,
+        max_len: int = 256,
+        per_slot: bool = False,
+    ):
         super().__init__()
         self.K, self.iterations, self.shared, self.max_len = n_interest, iterations, shared, max_len
+        self.per_slot = per_slot and not shared
         if shared:
             self.S = nn.Parameter(torch.randn(dim, dim) * dim**-0.5)
             self.register_buffer("eval_logits", torch.randn(n_interest, max_len))  # (K, slots from the newest)
+        elif self.per_slot:
+            self.S = nn.Parameter(torch.randn(max_len, n_interest, dim, dim) * dim**-0.5)  # (slot from newest, K, d, d)
         else:
             self.S = nn.Parameter(torch.randn(n_interest, dim, dim) * dim**-0.5)
         self.last_coupling: torch.Tensor | None = None  # (B, K, L), for inspection and tests
@@ -187,29 +199,42 @@ class CapsuleRouting(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None,
         mask: torch.Tensor,
         ids: torch.Tensor | None = None,
         table: torch.Tensor | None = None,
         active: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, L, d), mask: (B, L) → interests (B, K, d).
+        """x: (B, L, d) history embeddings, mask: (B, L) → interests (B, K, d).
 
-        With the item ids (B, L) and their embedding table (N, d), and a catalogue no larger than the
-        batch's history, the per-item predictions are computed once per catalogue item and gathered,
-        which is the same value at a fraction of the cost.
+        With the item ids (B, L) and their embedding table (N, d), ``x`` may be None (looked up only
+        when needed); when the catalogue is no larger than the batch's history, the per-item
+        predictions are computed once per catalogue item and looked up, which is the same value at a
+        fraction of the cost.
         """
+        B, L = mask.shape
+        if x is None:
+            if ids is None or table is None:
+                raise ValueError("routing needs the history embeddings, or the ids and their table")
+            if self.per_slot or table.size(0) > ids.numel():
+                x = F.embedding(ids, table, padding_idx=0)
         # Predictions û of every item for every interest: shared map → (B, L, d), one per interest
         # → (B, K, L, d). The shared case never materialises K copies.
-        if ids is not None and table is not None and table.size(0) <= ids.numel():
+        if self.per_slot:
+            if L > self.max_len:
+                raise ValueError(f"history length {L} exceeds the routing's max_len {self.max_len}")
+            u = torch.einsum("bld,lkde->bkle", x, self.S[:L].flip(0))  # left-padded: newest last
+        elif x is None:  # the catalogue-wide maps, then a lookup (an embedding gather, not fancy indexing)
             if self.shared:
-                u = (table @ self.S)[ids]
+                u = F.embedding(ids, table @ self.S, padding_idx=0)
             else:
-                u = torch.einsum("nd,kde->kne", table, self.S)[:, ids].permute(1, 0, 2, 3)
+                d = table.size(1)
+                maps = table @ self.S.permute(1, 0, 2).reshape(d, self.K * d)  # (N, K·d)
+                u = F.embedding(ids, maps, padding_idx=0).view(B, L, self.K, d).transpose(1, 2)
         else:
             u = x @ self.S if self.shared else torch.einsum("bld,kde->bkle", x, self.S)
         pool, agree = ("bkl,bld->bkd", "bld,bkd->bkl") if self.shared else ("bkl,bkld->bkd", "bkld,bkd->bkl")
-        b = self.start_logits(x.size(0), x.size(1), x.device)  # (B, K, L)
+        b = self.start_logits(B, L, mask.device)  # (B, K, L)
         u_detached = u.detach()
         allowed = mask.unsqueeze(1).expand_as(b)
         if active is not None:

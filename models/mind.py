@@ -56,14 +56,15 @@ class MIND(MultiInterestModel):
         return self.interests_and_active(batch)[0]
 
     def interests_and_active(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, mask = self.history(batch)
+        ids = batch[self.hist.name]
+        mask = ids > 0
         active = None
         if self.dynamic_interests:
             n = mask.sum(1).clamp(min=1).float()
             k_u = torch.floor(torch.log2(n)).clamp(1, self.routing.K)  # (B,)
-            active = torch.arange(self.routing.K, device=x.device).unsqueeze(0) < k_u.unsqueeze(1)
+            active = torch.arange(self.routing.K, device=ids.device).unsqueeze(0) < k_u.unsqueeze(1)
         table = self.bank.tables[self.hist.table].weight
-        caps = self.routing(x, mask, batch[self.hist.name], table, active)  # (B, K, d)
+        caps = self.routing(None, mask, ids, table, active)  # (B, K, d); embeddings looked up as needed
         return self._h_layer(caps, batch), active
 
     def _h_layer(self, caps: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -56,6 +56,50 @@ def test_label_aware_attention_is_softmax_of_pow_scores_hand_worked():
     assert torch.allclose(masked, torch.tensor([w]))
 
 
+def test_comirec_dr_routing_hand_worked():
+    """ComiRec-DR: one map per interest, zero starting logits, two rounds. Maps S0 = I and S1 keeps the
+    second coordinate; items x1 = (1, 0), x2 = (0, 1), so û(0, t) = x_t, û(1, 1) = 0, û(1, 2) = (0, 1)."""
+
+    def squashed(s):
+        n2 = s[0] ** 2 + s[1] ** 2
+        return [v * n2 / (1 + n2) / math.sqrt(n2) for v in s]
+
+    # Round 1: couplings 1/2 → s0 = (1/2, 1/2), s1 = (0, 1/2).
+    v0, v1 = squashed([0.5, 0.5]), squashed([0.0, 0.5])
+    assert v0[0] == pytest.approx(math.sqrt(0.5) / 3) and v1 == pytest.approx([0.0, 0.2])
+    # Agreements û·v: item 1 → (v0[0], 0), item 2 → (v0[1], v1[1]); round 2's couplings are their softmax.
+    c01 = 1 / (1 + math.exp(-v0[0]))
+    c02 = 1 / (1 + math.exp(v1[1] - v0[1]))
+    want = torch.tensor([squashed([c01, c02]), squashed([0.0, 1 - c02])])
+
+    routing = CapsuleRouting(2, n_interest=2, iterations=2, shared=False)
+    with torch.no_grad():
+        routing.S.copy_(torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 1.0]]]))
+    v = routing(torch.eye(2).unsqueeze(0), torch.ones(1, 2, dtype=torch.bool))
+    assert torch.allclose(v[0], want, atol=1e-6)
+    assert torch.allclose(routing.last_coupling[0], torch.tensor([[c01, c02], [1 - c01, 1 - c02]]), atol=1e-6)
+
+
+def test_comirec_dr_has_a_map_per_history_slot_counted_from_the_newest():
+    """ComiRec's W_ij: slot j's item goes through its own map per interest, so one item alone in a
+    history gives different interests at different distances from the newest event; the maps of a
+    slot do not depend on how much padding precedes the history."""
+    torch.manual_seed(0)
+    routing = CapsuleRouting(4, n_interest=2, iterations=3, shared=False, max_len=6, per_slot=True)
+    table = torch.randn(5, 4)
+    newest = routing(None, torch.tensor([[False, False, True]]), torch.tensor([[0, 0, 3]]), table)
+    older = routing(None, torch.tensor([[False, True, False]]), torch.tensor([[0, 3, 0]]), table)
+    assert not torch.allclose(newest, older, atol=1e-4)
+    longer = routing(None, torch.tensor([[False] * 5 + [True]]), torch.tensor([[0] * 5 + [3]]), table)
+    assert torch.allclose(newest, longer, atol=1e-6)
+    with pytest.raises(ValueError, match="max_len"):
+        routing(None, torch.ones(1, 7, dtype=torch.bool), torch.ones(1, 7, dtype=torch.long), table)
+    one_map = CapsuleRouting(4, n_interest=2, iterations=3, shared=False)
+    a = one_map(None, torch.tensor([[False, False, True]]), torch.tensor([[0, 0, 3]]), table)
+    b = one_map(None, torch.tensor([[False, True, False]]), torch.tensor([[0, 3, 0]]), table)
+    assert torch.allclose(a, b, atol=1e-6)  # per_slot=False: one map per interest, position-blind
+
+
 def test_mind_routing_gives_distinct_interests_from_the_first_pass():
     """One shared map and equal starting logits per item would give K parallel interests; MIND's
     logits drawn per (interest, slot) do not — in training (a fresh draw) and in eval (a fixed one)."""
