@@ -386,13 +386,14 @@ class MatchTrainer:
         for epoch in range(first, cfg.epochs + 1):
             t0 = time.perf_counter()
             total, steps = self.train_epoch(users, positions, epoch)
-            result.train_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            result.train_seconds += seconds
             result.examples += per_epoch
             stop = False
             if w.main:
                 val = evaluate_model(model, self.data, self.split, "val", cfg.max_len, ks=(10, 20, 50, 100))
                 current = val[cfg.monitor]
-                result.history.append({"epoch": epoch, "loss": total / max(steps, 1), **val})
+                result.history.append({"epoch": epoch, "loss": total / max(steps, 1), "seconds": seconds, **val})
                 logger.info(
                     "%s epoch %d loss %.4f val %s %.4f", model.name, epoch, total / max(steps, 1), cfg.monitor, current
                 )
