@@ -6,6 +6,7 @@ masking of already-seen items. Prints a markdown table and writes JSON.
 
     python benchmarks/accuracy.py                 # every model, configs/<model>.yaml
     python benchmarks/accuracy.py --models sasrec --quick
+    python benchmarks/accuracy.py --models mind --seed 1 --out /tmp/mind_seed1.json   # another seed
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=list(MODELS), help="registry names (default: all)")
     ap.add_argument("--quick", action="store_true", help="at most 3 epochs per model (a smoke run, not a result)")
+    ap.add_argument("--seed", type=int, help="train.seed for every model (default: each config's)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/accuracy.json"))
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -45,6 +47,8 @@ def main() -> None:
         overrides = ["data.source=ml100k", "train.progress=false", f"out_dir=runs/bench/{name}"]
         if args.quick:
             overrides.append("train.epochs=3")
+        if args.seed is not None:
+            overrides.append(f"train.seed={args.seed}")
         cfg = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
         if prepared is None or prepared[1].schema.max_len != cfg.train.max_len:
             prepared = train.prepare(cfg)
@@ -56,6 +60,7 @@ def main() -> None:
         unmasked = evaluate_model(model, enc.data, split, "test", cfg.train.max_len, False, cfg.ks)
         rows[name] = {
             "masked": out.test_metrics,
+            "validation": out.val_metrics,
             "unmasked": unmasked,
             "best_epoch": out.best_epoch,
             "train_seconds": round(out.train_seconds, 1),
@@ -71,9 +76,10 @@ def main() -> None:
         "unmasked": evaluate_popularity(counts, enc.data, split, "test", False),
     }
 
+    pop = rows["popularity"]
     lines = [
-        "| model | seen | " + " | ".join(COLS) + " | best epoch | train s | examples/s |",
-        "|---|---|" + "---:|" * (len(COLS) + 3),
+        "| model | seen | " + " | ".join(COLS) + " | × popularity (NDCG@10, R@20) | best epoch | train s | ex/s |",
+        "|---|---|" + "---:|" * (len(COLS) + 4),
     ]
     for name, r in rows.items():
         for which in ("masked", "unmasked"):
@@ -83,7 +89,8 @@ def main() -> None:
                 if "best_epoch" in r
                 else "– | – | –"
             )
-            lines.append(f"| {name} | {which} | " + " | ".join(f"{m[c]:.4f}" for c in COLS) + f" | {extra} |")
+            ratio = " / ".join(f"{m[c] / pop[which][c]:.2f}×" for c in ("ndcg@10", "recall@20"))
+            lines.append(f"| {name} | {which} | " + " | ".join(f"{m[c]:.4f}" for c in COLS) + f" | {ratio} | {extra} |")
     table = "\n".join(lines)
     print(table)
     result = {
@@ -96,6 +103,7 @@ def main() -> None:
             "processor": platform.processor() or platform.machine(),
         },
         "quick": args.quick,
+        "seed": args.seed,
         "models": rows,
         "table": table,
     }
