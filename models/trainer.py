@@ -169,6 +169,7 @@ class MatchTrainer:
         if model_max is not None and config.max_len > model_max:
             raise ValueError(f"max_len {config.max_len} exceeds the model's max_len {model_max}")
         counts = train_item_counts(data, split)
+        self.row_gen: torch.Generator | None = None  # the hard sampler's per-row draws
         self.log_q_freq = torch.log((counts.float() / counts.sum()).clamp(min=1e-12)).to(self.device)
         if config.negative == "uniform":
             self.sampler = UniformSampler(data.n_items, self.gen)
@@ -178,6 +179,7 @@ class MatchTrainer:
             # Row-level draws (which ranks of the window, the random share) differ in size between DDP
             # ranks: their own stream, so the shared generator stays in step on every rank.
             rows = torch.Generator().manual_seed(config.seed * 7919 + self.world.rank + 1)
+            self.row_gen = rows
             positives = None
             if config.hard_exclude_positives:
                 indptr, items = user_positives(*train_events(data, split), data.n_users)
@@ -442,6 +444,7 @@ class MatchTrainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.gen.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "row_generator": self.row_gen.get_state() if self.row_gen is not None else None,
             "estimator": estimator.state() if estimator is not None else None,
             "track": track,
             "result": asdict(result),
@@ -460,8 +463,10 @@ class MatchTrainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.gen.set_state(state["generator"].cpu())
-        if self.world.size == 1:  # other ranks keep their own dropout streams
+        if self.world.size == 1:  # other ranks keep their own dropout and row-draw streams
             torch.set_rng_state(state["torch_rng"].cpu())
+            if self.row_gen is not None and state.get("row_generator") is not None:
+                self.row_gen.set_state(state["row_generator"].cpu())
         if state["estimator"] is not None:
             self.model.frequency_estimator.load_state(state["estimator"])
         track.update(state["track"])

@@ -53,12 +53,16 @@ def _killed_in_epoch(cfg, epoch: int, monkeypatch) -> None:
     monkeypatch.setattr(MatchTrainer, "train_epoch", real)
 
 
-@pytest.mark.parametrize("model", ["sasrec", "youtube_sbc"])  # dropout's stream; the frequency estimator
+EBR = ["train.mode=pairwise", "train.negative=hard", "train.hard_share=0.5", "train.num_negatives=8"]
+
+
+# Dropout's stream; the frequency estimator; the hard sampler's row-level draws.
+@pytest.mark.parametrize("model,recipe", [("sasrec", []), ("youtube_sbc", []), ("facebook_dssm", EBR)])
 def test_a_killed_run_resumes_after_its_last_epoch_and_ends_as_if_never_stopped(
-    model, tmp_path, monkeypatch, caplog, one_thread
+    model, recipe, tmp_path, monkeypatch, caplog, one_thread
 ):
-    whole = run(load_config(None, [*SMALL, f"model={model}", f"out_dir={tmp_path / 'whole'}"]))
-    cfg = load_config(None, [*SMALL, f"model={model}", f"out_dir={tmp_path / 'cut'}"])
+    whole = run(load_config(None, [*SMALL, *recipe, f"model={model}", f"out_dir={tmp_path / 'whole'}"]))
+    cfg = load_config(None, [*SMALL, *recipe, f"model={model}", f"out_dir={tmp_path / 'cut'}"])
     _killed_in_epoch(cfg, 3, monkeypatch)
     state = torch.load(tmp_path / "cut/train_state.pt", weights_only=True)
     assert state["epoch"] == 2 and not (tmp_path / "cut/model.pt").exists()
