@@ -12,7 +12,7 @@ nothing from this project). The example script runs as ``__main__`` with its own
   every item with the user's earlier items masked — the held-out protocol of ``peers.py``;
 - the example's own evaluation (Annoy, top-10, unmasked) is skipped.
 
-Prints one JSON object per epoch on stdout.
+Prints one line per epoch on stdout: ``EPOCH {json}``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+
+COSINE = ("FaceBookDSSM", "YoutubeSBC")
+EPOCH = "EPOCH "
 
 
 def seen_items(csv: Path) -> dict[int, set[int]]:
@@ -56,16 +60,23 @@ def recall_at(model, test_dl, item_dl, test_user: dict, all_item: dict, seen: di
     users, items = embed("user", test_dl), embed("item", item_dl)
     model.mode = None
     items = items.reshape(items.size(0), -1)
+    if type(model).__name__ in COSINE:  # trained on cosine; the examples retrieve with angular Annoy
+        users, items = F.normalize(users, dim=-1), F.normalize(items, dim=-1)
     scores = users @ items.T if users.dim() == 2 else torch.einsum("bkd,nd->bkn", users, items).amax(1)
+    scores = torch.nan_to_num(scores, nan=float("-inf"))
     item_ids = np.asarray(all_item["movie_id"])
     column = {int(i): c for c, i in enumerate(item_ids)}
+    target = np.asarray(test_user["movie_id"])
     for row, u in enumerate(np.asarray(test_user["user_id"])):
-        cols = [column[i] for i in seen.get(int(u), ()) if i in column]
+        cols = [column[i] for i in seen.get(int(u), ()) if i in column and i != int(target[row])]
         if cols:
             scores[row, cols] = float("-inf")
-    top = torch.as_tensor(item_ids)[scores.topk(k, dim=1).indices]
-    target = torch.as_tensor(np.asarray(test_user["movie_id"]))
-    return float((top == target.unsqueeze(1)).any(1).float().mean())
+    # Ties count against the target, as in models.metrics: a hit is fewer than k items scored >= it.
+    r = torch.arange(len(target))
+    tcol = torch.tensor([column[int(t)] for t in target])
+    ahead = scores >= scores[r, tcol].clone().unsqueeze(1)
+    ahead[r, tcol] = False
+    return float((ahead.sum(1) < k).float().mean())
 
 
 def main() -> None:
@@ -101,14 +112,19 @@ def main() -> None:
 
     def fit(self, train_dl, val_dl=None):
         _, test_dl, item_dl = state["loaders"]
-        rows = len(train_dl.dataset)
+        x, rows = train_dl.dataset.x, len(train_dl.dataset)
+        # An example is one positive target, as on our side: point-wise examples (mode 0) add each
+        # sampled negative as a row of its own, labelled 0.
+        examples = int((np.asarray(x["label"]) == 1).sum()) if self.mode == 0 and "label" in x else rows
         for epoch in range(1, self.n_epoch + 1):
             t0 = time.perf_counter()
             loss = self.train_one_epoch(train_dl)
             seconds = time.perf_counter() - t0
-            recall = recall_at(self.model, test_dl, item_dl, state["test_user"], state["all_item"], seen, args.k)
-            print(json.dumps({"epoch": epoch, "seconds": seconds, "rows": rows, "examples_per_s": rows / seconds,
-                              "loss": float(loss), f"recall@{args.k}": recall}), flush=True)  # fmt: skip
+            with torch.random.fork_rng():  # evaluation must not move the training run's random stream
+                recall = recall_at(self.model, test_dl, item_dl, state["test_user"], state["all_item"], seen, args.k)
+            line = {"epoch": epoch, "seconds": seconds, "rows": rows, "examples": examples,
+                    "examples_per_s": examples / seconds, "loss": float(loss), f"recall@{args.k}": recall}  # fmt: skip
+            print(EPOCH + json.dumps(line), flush=True)
 
     MatchDataGenerator.generate_dataloader = generate_dataloader
     MatchTrainer.fit = fit
