@@ -96,25 +96,22 @@ def export_events(path: Path) -> int:
     import pandas as pd
 
     from components.datasets import encode, load_ml100k
-    from models.data import leave_last_out
+    from models.data import event_positions, leave_last_out
 
     tables = load_ml100k()
     enc = encode(tables)
     data, split = enc.data, leave_last_out(enc.data)
-    users = tables.users.set_index("user_id")
-    items = tables.items.set_index("item_id")
-    rows = []
-    for u in range(1, data.n_users):
-        start, n = int(data.indptr[u]), int(split.test_pos[u]) if int(split.test_pos[u]) >= 0 else int(data.lengths[u])
-        raw_user = int(enc.user_ids[u])
-        profile = users.loc[raw_user]
-        for p in range(n):
-            raw_item = int(enc.item_ids[int(data.items[start + p])])
-            item = items.loc[raw_item]
-            rows.append((raw_user, raw_item, 0, p, item.title, "|".join(item.genres) or "unknown",
-                         profile.gender, profile.age_bucket, profile.occupation, f"z{profile.zip_prefix}"))  # fmt: skip
+    user, pos = event_positions(data)
+    keep = pos != split.test_pos[user]  # users without held-out events keep everything (test_pos −1)
+    user, item = user[keep].numpy(), data.items[keep].numpy()
+    events = pd.DataFrame({"user_id": enc.user_ids[user], "movie_id": enc.item_ids[item], "rating": 0,
+                           "timestamp": pos[keep].numpy()})  # fmt: skip
+    items = tables.items.assign(genres=[("|".join(g) or "unknown") for g in tables.items.genres])
+    users = tables.users.assign(zip="z" + tables.users.zip_prefix)  # never read back as a number
+    rows = events.merge(items[["item_id", "title", "genres"]].rename(columns={"item_id": "movie_id"}), on="movie_id")
+    rows = rows.merge(users[["user_id", "gender", "age_bucket", "occupation", "zip"]], on="user_id")
     cols = ["user_id", "movie_id", "rating", "timestamp", "title", "genres", "gender", "age", "occupation", "zip"]
-    pd.DataFrame(rows, columns=cols).to_csv(path, index=False)
+    rows.rename(columns={"age_bucket": "age"})[cols].to_csv(path, index=False)
     return len(rows)
 
 

@@ -177,7 +177,9 @@ class CapsuleRouting(nn.Module):
     ):
         super().__init__()
         self.K, self.iterations, self.shared, self.max_len = n_interest, iterations, shared, max_len
-        self.per_slot = per_slot and not shared
+        if per_slot and shared:
+            raise ValueError("per_slot maps are ComiRec-DR's (one map per interest); MIND's map is shared")
+        self.per_slot = per_slot
         if shared:
             self.S = nn.Parameter(torch.randn(dim, dim) * dim**-0.5)
             self.register_buffer("eval_logits", torch.randn(n_interest, max_len))  # (K, slots from the newest)

@@ -178,15 +178,14 @@ class MatchTrainer:
         elif config.negative == "hard":
             # Row-level draws (which ranks of the window, the random share) differ in size between DDP
             # ranks: their own stream, so the shared generator stays in step on every rank.
-            rows = torch.Generator().manual_seed(config.seed * 7919 + self.world.rank + 1)
-            self.row_gen = rows
+            self.row_gen = torch.Generator().manual_seed(config.seed * 7919 + self.world.rank + 1)
             positives = None
             if config.hard_exclude_positives:
                 indptr, items = user_positives(*train_events(data, split), data.n_users)
                 positives = (indptr.to(self.device), items.to(self.device))
             self.sampler = HardNegativeSampler(data.n_items, config.hard_pool, self.gen, config.hard_window,
-                                               positives, rows)  # fmt: skip
-            self.easy = UniformSampler(data.n_items, rows)
+                                               positives, self.row_gen)  # fmt: skip
+            self.easy = UniformSampler(data.n_items, self.row_gen)
         else:
             self.sampler = None
         self.items_all = {k: v.to(self.device) for k, v in item_batch(data).items()}
