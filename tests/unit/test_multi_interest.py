@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.layers import CapsuleRouting, RecurrentEncoder, label_aware, squash
+from models.layers import CapsuleRouting, RecurrentEncoder, SelfAttentiveInterests, label_aware, squash
 from models.samplers import StreamingFrequencyEstimator
 
 
@@ -147,6 +147,24 @@ def test_recurrent_encoder_ignores_left_padding():
     padded = torch.cat([torch.zeros(1, 5, 4), x], 1)
     long = enc(padded, torch.tensor([[False] * 5 + [True] * 3]))
     assert torch.allclose(short, long[:, 5:], atol=1e-6) and (long[:, :5] == 0).all()
+
+
+def test_self_attentive_interests_are_the_papers_formula_on_real_slots_only():
+    """ComiRec-SA: A = softmax over real slots of W2 · tanh(W1 · h + b1), interests A · X — whatever the
+    layer computes internally (σ for tanh, the hidden layer on unpadded slots only)."""
+    torch.manual_seed(0)
+    sa = SelfAttentiveInterests(dim=4, n_interest=3, hidden=8)
+    keys, values = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
+    mask = torch.tensor([[False, False, True, True, True], [True] * 5])
+    got = sa(keys, mask, values)
+    for b in range(2):
+        real = mask[b]
+        logits = sa.w2(torch.tanh(sa.w1(keys[b, real]))).T  # (K, real slots)
+        want = torch.softmax(logits, dim=1) @ values[b, real]
+        assert torch.allclose(got[b], want, atol=1e-6)
+    keys2 = keys.clone()
+    keys2[0, :2] = 1e3  # padding never matters
+    assert torch.allclose(sa(keys2, mask, values), got, atol=1e-6)
 
 
 def test_streaming_frequency_estimator_converges_to_true_frequencies():
