@@ -83,6 +83,7 @@ PEER_SETTINGS = {
     ],
     "youtube_dnn": [
         "model_params.embed_dim=16", "model_params.user_params={dims: [128, 64, 16]}", "model_params.history_len=50",
+        "train.max_len=100",  # windows of 100 events, each example sees the 50 before its target
         "train.mode=listwise", "train.batch_size=2048", "train.lr=0.0001", "train.epochs=10",
     ],
     "youtube_sbc": [

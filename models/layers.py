@@ -264,21 +264,28 @@ class SelfAttentiveInterests(nn.Module):
         self.w2 = nn.Linear(hidden, n_interest, bias=False)  # a bias per head shifts all its logits alike
 
     def forward(self, keys: torch.Tensor, mask: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-        if mask.all():
-            logits = self._scores(keys)  # (B, L, K)
-        else:  # the hidden layer on real history slots only (the padding share of a batch is often large)
-            k = self.w2.out_features
-            flat = self._scores(keys[mask])  # (N, K), slots in (b, l) order
-            logits = keys.new_zeros(*mask.shape, k).masked_scatter(mask.unsqueeze(-1).expand(*mask.shape, k), flat)
-        logits = logits.transpose(1, 2)  # (B, K, L)
-        a = masked_softmax(logits, mask.unsqueeze(1).expand_as(logits))
-        return a @ (keys if values is None else values)  # (B, K, d)
+        a = additive_attention(self.w1, self.w2, keys, mask)  # (B, L, K)
+        return a.transpose(1, 2) @ (keys if values is None else values)  # (B, K, d)
 
-    def _scores(self, h: torch.Tensor) -> torch.Tensor:
-        """W2 · tanh(W1 · h + b1) up to a constant per head: tanh(z) = 2σ(2z) − 1, and the −1 adds −ΣW2[k] to
-        every slot's logit of head k (W2 has no bias), which the softmax over slots ignores. σ costs a
-        third of tanh on CPU (torch 2.13, MKL)."""
-        return 2 * self.w2(torch.sigmoid(2 * self.w1(h)))
+
+def additive_attention(w1: nn.Linear, w2: nn.Linear, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax over the real slots t of W2 · tanh(W1 · h_t + b1): (B, L, d) → (B, L, heads), one softmax per
+    head (ComiRec-SA's interests, SINE's pools).
+
+    Computed as 2 · W2 · σ(2 · (W1 · h_t + b1)): tanh(z) = 2σ(2z) − 1, and the −1 adds the same constant
+    to every slot's logit of a head, which the softmax over slots ignores; σ costs a third of tanh on CPU
+    (torch 2.13, MKL). The hidden layer runs on real slots only (padding is often half of a batch)."""
+
+    def scores(x: torch.Tensor) -> torch.Tensor:
+        return 2 * w2(torch.sigmoid(2 * w1(x)))
+
+    if mask.all() or torch.onnx.is_in_onnx_export():  # the exported tower keeps static shapes
+        logits = scores(h)
+    else:
+        heads = w2.out_features
+        slots = mask.unsqueeze(-1).expand(*mask.shape, heads)
+        logits = h.new_zeros(*mask.shape, heads).masked_scatter(slots, scores(h[mask]))  # h[mask]: (b, l) order
+    return masked_softmax(logits, mask.unsqueeze(-1).expand_as(logits), dim=1)
 
 
 def label_aware(

@@ -29,7 +29,7 @@ from torch import nn
 
 from .base import Batch, SequenceRecallModel
 from .features import Feature
-from .layers import masked_softmax
+from .layers import additive_attention
 
 
 class _AttentionPool(nn.Module):
@@ -41,8 +41,7 @@ class _AttentionPool(nn.Module):
         self.v = nn.Linear(hidden, heads, bias=False)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.v(torch.tanh(self.w(h)))  # (B, L, heads)
-        return masked_softmax(logits.transpose(1, 2), mask.unsqueeze(1).expand(-1, logits.size(-1), -1)).transpose(1, 2)
+        return additive_attention(self.w, self.v, h, mask)
 
 
 class SINE(SequenceRecallModel):
