@@ -3,84 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from models.registry import MODELS, get_model_class
-from models.trainer import TrainConfig
+from models.registry import MODELS
 
-from .datasets import SyntheticConfig
-from .gate import GateConfig
-from .index import IndexConfig
-from .k8s import KubernetesConfig
+from .settings import DataConfig, RunConfig
 from .site import merge, site_tree
-from .validate import ValidationConfig
-
-SOURCES = ("synthetic", "ml100k", "parquet", "file")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = "synthetic"  # synthetic | ml100k | parquet (a directory of canonical tables) | file
-    path: str | None = None  # ML-100K directory, canonical-table directory, or (file) the interactions file
-    synthetic: SyntheticConfig = SyntheticConfig()
-    # source=file: canonical column → source column, e.g. {user_id: uid, item_id: movie, event_timestamp: ts}
-    columns: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"unknown data source {self.source!r}; choose one of: {', '.join(SOURCES)}")
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    dir: str = "runs/features"  # the store: event partitions, snapshots, live Feast registry, SQLite online store
-    snapshot: str | None = None  # the snapshot training pins (None: the latest published one)
-    online: str = "sqlite"  # sqlite | redis
-    redis: str = "localhost:6379"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    data: DataConfig = DataConfig()
-    model: str = "sasrec"
-    model_params: dict[str, Any] = field(default_factory=dict)
-    train: TrainConfig = TrainConfig()
-    ks: tuple[int, ...] = (10, 20, 50, 100)
-    exclude_seen: bool = True
-    out_dir: str = "runs/latest"
-    features: FeatureConfig = FeatureConfig()
-    validation: ValidationConfig = ValidationConfig()
-    index: IndexConfig = IndexConfig()
-    gate: GateConfig = GateConfig()
-    kubernetes: KubernetesConfig = KubernetesConfig()
-    registry: str | None = None  # the model registry root (None: $RECALL_REGISTRY or runs/registry)
-    routing: str = "serving/routing.yaml"  # what is served; its default is "production" for the gate
-    bentoml_store: bool = True  # the register step also saves each version to the BentoML model store
-
-    def __post_init__(self) -> None:
-        get_model_class(self.model)  # fails early with the list of models
-        object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def data_settings(self) -> dict[str, Any]:
-        """The data section as plain JSON values (what a snapshot records and a training run must match)."""
-        return json.loads(json.dumps(dataclasses.asdict(self.data), default=str))
-
-    def training_signature(self) -> str:
-        """What makes two trainings the same besides their data: the model, its parameters, the training
-        settings (a registered version records it; the same signature on the same snapshot is not retrained)."""
-        runtime = ("device", "amp", "progress")  # where and how visibly it runs, not what it learns
-        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in runtime}
-        what = {"model": self.model, "model_params": self.model_params, "train": train}
-        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

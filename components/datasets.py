@@ -21,6 +21,8 @@ from feature_repo.context import CONTEXT, context_values
 from models.data import SequenceData
 from models.schema import Schema
 
+from .settings import SyntheticConfig
+
 logger = logging.getLogger(__name__)
 
 ML100K_GENRES = [
@@ -141,18 +143,6 @@ def load_ml100k(path: str | None = None) -> Tables:
     )
     items["event_timestamp"] = inter.event_timestamp.min()
     return Tables(inter, users, items)
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    n_users: int = 1000
-    n_items: int = 500
-    n_interactions: int = 50_000
-    n_clusters: int = 8
-    p_popular: float = 0.15  # chance an event ignores taste and follows global popularity
-    p_drift: float = 0.08  # chance per event that the user's current taste cluster changes
-    zipf: float = 1.1  # popularity skew of items
-    seed: int = 0
 
 
 _SYNTH_CHUNK = 20_000

@@ -37,38 +37,11 @@ The verdict is a plain dict (stored as ``gate.json`` with the run and in the ver
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from models.metrics import interval
 
-
-@dataclass(frozen=True)
-class GateConfig:
-    split: str = "test"  # test | val: which of the run's metrics the gate reads
-    floors: dict[str, float] = field(default_factory=dict)
-    beat_popularity: tuple[str, ...] = ("recall@20", "ndcg@10")
-    regression_metrics: tuple[str, ...] = ("recall@20", "ndcg@10", "mrr@10")
-    max_regression: float = 0.02  # allowed relative drop vs production (0.02 = 2 %)
-    slice_limits: dict[str, float] = field(default_factory=dict)  # slice (or "*") → allowed relative drop
-    min_slice_rows: int = 30  # a slice judged on fewer evaluated rows is skipped
-    confidence: float = 0.95  # a regression must be significant at this level (0: point estimates only)
-    min_gain: float = 0.02  # replacing production needs a gain above this (relative) at `confidence`
-
-    def __post_init__(self) -> None:
-        if self.split not in ("test", "val"):
-            raise ValueError(f"gate.split must be test or val, got {self.split!r}")
-        limits = {"max_regression": self.max_regression, "min_gain": self.min_gain, **self.slice_limits}
-        for name, limit in limits.items():
-            if not isinstance(limit, int | float) or not 0 <= limit < 1:
-                raise ValueError(f"gate regression limit {name!r} is a fraction in [0, 1), got {limit!r}")
-        if not isinstance(self.confidence, int | float) or not 0 <= self.confidence < 1:
-            raise ValueError(f"gate.confidence is a level in [0, 1), got {self.confidence!r}")
-        if int(self.min_slice_rows) < 1:
-            raise ValueError(f"gate.min_slice_rows must be ≥ 1, got {self.min_slice_rows}")
-        object.__setattr__(self, "beat_popularity", tuple(self.beat_popularity))
-        object.__setattr__(self, "regression_metrics", tuple(self.regression_metrics))
-
+from .settings import GateConfig
 
 FRESH = "target=new"  # the slice of events later than production's training data (components.compare)
 

@@ -25,28 +25,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
-HNSW_METRICS = ("ip", "l2")
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    kind: str = "flat"  # flat (exact) | hnsw | ivf_flat | ivf_pq
-    hnsw_m: int = 32  # graph degree
-    ef_construction: int = 200
-    ef_search: int = 256
-    hnsw_metric: str = "l2"  # l2 (MIPS reduced to nearest-neighbour search) | ip (direct)
-    nlist: int | None = None  # IVF cells; None = 4·√N
-    nprobe: int = 32
-    pq_m: int = 16  # PQ sub-quantizers (must divide d)
-    pq_bits: int = 8
-    train_size: int = 100_000  # vectors used to train IVF / PQ
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown index kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
-        if self.hnsw_metric not in HNSW_METRICS:
-            raise ValueError(f"unknown hnsw_metric {self.hnsw_metric!r}; choose one of: {', '.join(HNSW_METRICS)}")
+from .settings import IndexConfig
 
 
 def build(vectors: np.ndarray, cfg: IndexConfig = IndexConfig(), seed: int = 0) -> faiss.Index:

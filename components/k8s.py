@@ -8,45 +8,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("deep-recall")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "0.1.0"
-
-
-# infra/docker/pipeline.Dockerfile, tagged with the project's version
-IMAGE = f"ghcr.io/recall-mlops/recall-pipeline:{_version()}"
-
-
-@dataclass(frozen=True)
-class KubernetesConfig:
-    """The training DAG's train task as a pod on a GPU node (``enabled``); everything else runs in-process.
-    Read at DAG parse time from the raw YAML (see ``dags/recall_training.py``), so keep it plain data."""
-
-    enabled: bool = False
-    image: str = IMAGE  # the pipeline image (console script `recall`); never a moving tag
-    namespace: str = "recall"
-    gpus: int = 1  # per pod; more than one: torchrun starts one training process per GPU
-    nodes: int = 1  # more than one: the train step is a PyTorchJob of `nodes` pods (Kubeflow training operator)
-    cpu: str = "4"
-    memory: str = "16Gi"
-    node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
-    tolerations: list[dict[str, str]] = field(
-        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    )
-    volume_claim: str = "recall-runs"  # a ReadWriteMany PVC shared by the Airflow workers and the pod
-    mount_path: str = "/opt/recall/runs"  # where workers and pod mount it: the run directory must lie below
-    service_account: str | None = None
-    site_config_map: str | None = None  # the ConfigMap with the site config, mounted into Kubeflow's steps
-    startup_timeout_s: int = 600
-    job_timeout_s: int = 86_400  # a multi-node job that has not finished by then fails the task
+from .settings import KubernetesConfig
 
 
 def from_yaml_section(section: dict[str, Any] | None, env: dict[str, str] | None = None) -> KubernetesConfig:

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig, RunConfig
 from .gate import GateFailed, enforce, evaluate_gate
 from .k8s import RUN_CONFIG  # the run's settings as its first step saw them (a step in another pod loads it)
+from .settings import DataConfig, RunConfig
 
 logger = logging.getLogger(__name__)
 

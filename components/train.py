@@ -16,9 +16,9 @@ from models.evaluation import evaluate_model, evaluate_popularity
 from models.registry import build_model
 from models.trainer import MatchTrainer, TrainResult
 
-from .config import RunConfig
 from .datasets import Encoded, Tables, encode, generate_synthetic, load_ml100k
 from .registry import atomic_write_json
+from .settings import RunConfig
 
 logger = logging.getLogger(__name__)
 

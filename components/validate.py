@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .settings import ValidationConfig
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 logger = logging.getLogger(__name__)
@@ -34,16 +36,6 @@ logger = logging.getLogger(__name__)
 
 class DataValidationError(ValueError):
     """The data broke expectations; the message names each one with example rows."""
-
-
-@dataclass(frozen=True)
-class ValidationConfig:
-    max_len: int = 50  # L, the longest behaviour history
-    min_timestamp: str = "1990-01-01"  # nothing older is plausible
-    future_slack_s: int = 300  # clock skew allowed past "now"
-    rating_min: float = 0.0
-    rating_max: float = 5.0
-    examples: int = 3  # offending rows quoted per failed expectation
 
 
 def _gx():

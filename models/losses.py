@@ -10,31 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MODES = ("pointwise", "pairwise", "listwise", "full")
-_MODE_INTS = {0: "pointwise", 1: "pairwise", 2: "listwise"}
-
-
-def resolve_mode(mode: str | int) -> str:
-    """Accepts a mode name or the spec's integers (0 point-wise, 1 pair-wise, 2 list-wise)."""
-    if isinstance(mode, int) or (isinstance(mode, str) and mode.isdigit()):
-        try:
-            return _MODE_INTS[int(mode)]
-        except KeyError:
-            raise ValueError(f"unknown training mode {mode!r}; choose one of: 0, 1, 2, {', '.join(MODES)}") from None
-    name = str(mode).lower().replace("-", "").replace("_", "")
-    aliases = {
-        "pointwise": "pointwise",
-        "bce": "pointwise",
-        "pairwise": "pairwise",
-        "bpr": "pairwise",
-        "listwise": "listwise",
-        "softmax": "listwise",
-        "full": "full",
-        "fullsoftmax": "full",
-    }
-    if name not in aliases:
-        raise ValueError(f"unknown training mode {mode!r}; choose one of: 0, 1, 2, {', '.join(MODES)}")
-    return aliases[name]
+from .settings import MODES, resolve_mode  # noqa: F401  (re-exported: the modes belong with the losses)
 
 
 def _masked_row_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-NEGATIVES = ("uniform", "popularity", "inbatch", "hard")
+from .settings import NEGATIVES  # noqa: F401  (re-exported)
 
 
 class Sampler:
