@@ -32,6 +32,8 @@ pipeline_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(pipeline_app, name="pipeline")
+config_app = typer.Typer(help="Run settings: the resolved config, the schema of every setting.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 RoutingOpt = typer.Option(
     Path(os.environ.get("RECALL_ROUTING", "serving/routing.yaml")), "--routing", help="Routing file."
@@ -90,6 +92,22 @@ def _metrics(title: str, rows: dict[str, dict[str, float]], ks: tuple[int, ...])
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress at INFO level.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+
+@config_app.command("show")
+def config_show(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
+    """Print the run config as a run would use it: defaults ← file ← site settings ← -s overrides."""
+    from .config import resolved
+
+    typer.echo(resolved(_config(config, overrides)), nl=False)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of a run config: every setting's type, range, default and description."""
+    from .config import schema
+
+    typer.echo(json.dumps(schema(), indent=2, ensure_ascii=False))
 
 
 @data_app.command("generate")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any, Literal
 
-from models.settings import TrainConfig
+from pydantic import Field, field_validator
 
-SOURCES = ("synthetic", "ml100k", "parquet", "file")
+from models.settings import TrainConfig, setting, settings
 
 
 def _version() -> str:
@@ -28,147 +28,165 @@ def _version() -> str:
 IMAGE = f"ghcr.io/recall-mlops/recall-pipeline:{_version()}"
 
 
-@dataclass(frozen=True)
+@settings
 class SyntheticConfig:
-    n_users: int = 1000
-    n_items: int = 500
-    n_interactions: int = 50_000
-    n_clusters: int = 8
-    p_popular: float = 0.15  # chance an event ignores taste and follows global popularity
-    p_drift: float = 0.08  # chance per event that the user's current taste cluster changes
-    zipf: float = 1.1  # popularity skew of items
-    seed: int = 0
+    n_users: Annotated[int, setting("users of the synthetic world", ge=1)] = 1000
+    n_items: Annotated[int, setting("items of the synthetic world", ge=1)] = 500
+    n_interactions: Annotated[int, setting("events of the synthetic world", ge=1)] = 50_000
+    n_clusters: Annotated[int, setting("taste clusters", ge=1)] = 8
+    p_popular: Annotated[float, setting("chance an event ignores taste and follows popularity", ge=0, le=1)] = 0.15
+    p_drift: Annotated[float, setting("chance per event that the user's taste cluster changes", ge=0, le=1)] = 0.08
+    zipf: Annotated[float, setting("popularity skew of items", gt=0)] = 1.1
+    seed: Annotated[int, setting("seed of the world", ge=0)] = 0
 
 
-@dataclass(frozen=True)
+@settings
 class DataConfig:
-    source: str = "synthetic"  # synthetic | ml100k | parquet (a directory of canonical tables) | file
-    path: str | None = None  # ML-100K directory, canonical-table directory, or (file) the interactions file
+    source: Annotated[
+        Literal["synthetic", "ml100k", "parquet", "file"],
+        setting("synthetic | ml100k | parquet (a directory of canonical tables) | file (your interactions file)"),
+    ] = "synthetic"
+    path: Annotated[
+        str | None, setting("ML-100K directory, canonical-table directory, or (source file) the interactions file")
+    ] = None
     synthetic: SyntheticConfig = SyntheticConfig()
-    # source=file: canonical column → source column, e.g. {user_id: uid, item_id: movie, event_timestamp: ts}
-    columns: dict[str, str] = field(default_factory=dict)
+    columns: Annotated[
+        dict[str, str],
+        setting(
+            "source file: canonical column → your column, e.g. {user_id: uid, item_id: movie, event_timestamp: ts}"
+        ),
+    ] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.source not in SOURCES:
-            raise ValueError(f"unknown data source {self.source!r}; choose one of: {', '.join(SOURCES)}")
 
-
-@dataclass(frozen=True)
+@settings
 class FeatureConfig:
-    dir: str = "runs/features"  # the store: event partitions, snapshots, live Feast registry, SQLite online store
-    snapshot: str | None = None  # the snapshot training pins (None: the latest published one)
-    online: str = "sqlite"  # sqlite | redis
-    redis: str = "localhost:6379"
+    dir: Annotated[
+        str, setting("the feature store: event partitions, snapshots, live Feast registry, SQLite online store")
+    ] = "runs/features"
+    snapshot: Annotated[str | None, setting("the snapshot training pins (null: the latest published one)")] = None
+    online: Annotated[Literal["sqlite", "redis"], setting("Feast online store")] = "sqlite"
+    redis: Annotated[str, setting("host:port of Redis when online is redis")] = "localhost:6379"
 
 
-@dataclass(frozen=True)
+@settings
 class ValidationConfig:
-    max_len: int = 50  # L, the longest behaviour history
-    min_timestamp: str = "1990-01-01"  # nothing older is plausible
-    future_slack_s: int = 300  # clock skew allowed past "now"
-    rating_min: float = 0.0
-    rating_max: float = 5.0
-    examples: int = 3  # offending rows quoted per failed expectation
+    max_len: Annotated[int, setting("L, the longest behaviour history", ge=1)] = 50
+    min_timestamp: Annotated[str, setting("no event is older than this (ISO date)")] = "1990-01-01"
+    future_slack_s: Annotated[int, setting("clock skew allowed past now, seconds", ge=0)] = 300
+    rating_min: Annotated[float, setting("lowest valid rating")] = 0.0
+    rating_max: Annotated[float, setting("highest valid rating")] = 5.0
+    examples: Annotated[int, setting("offending rows quoted per failed expectation", ge=0)] = 3
 
 
-KINDS = ("flat", "hnsw", "ivf_flat", "ivf_pq")
-HNSW_METRICS = ("ip", "l2")
-
-
-@dataclass(frozen=True)
+@settings
 class IndexConfig:
-    kind: str = "flat"  # flat (exact) | hnsw | ivf_flat | ivf_pq
-    hnsw_m: int = 32  # graph degree
-    ef_construction: int = 200
-    ef_search: int = 256
-    hnsw_metric: str = "l2"  # l2 (MIPS reduced to nearest-neighbour search) | ip (direct)
-    nlist: int | None = None  # IVF cells; None = 4·√N
-    nprobe: int = 32
-    pq_m: int = 16  # PQ sub-quantizers (must divide d)
-    pq_bits: int = 8
-    train_size: int = 100_000  # vectors used to train IVF / PQ
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown index kind {self.kind!r}; choose one of: {', '.join(KINDS)}")
-        if self.hnsw_metric not in HNSW_METRICS:
-            raise ValueError(f"unknown hnsw_metric {self.hnsw_metric!r}; choose one of: {', '.join(HNSW_METRICS)}")
+    kind: Annotated[Literal["flat", "hnsw", "ivf_flat", "ivf_pq"], setting("Faiss index: flat is exact")] = "flat"
+    hnsw_m: Annotated[int, setting("HNSW graph degree", ge=2)] = 32
+    ef_construction: Annotated[int, setting("HNSW build-time candidate list", ge=1)] = 200
+    ef_search: Annotated[int, setting("HNSW search-time candidate list", ge=1)] = 256
+    hnsw_metric: Annotated[
+        Literal["ip", "l2"], setting("l2: MIPS reduced to nearest-neighbour search | ip: inner product directly")
+    ] = "l2"
+    nlist: Annotated[int | None, setting("IVF cells (null: 4·√N)", ge=1)] = None
+    nprobe: Annotated[int, setting("IVF cells searched per query", ge=1)] = 32
+    pq_m: Annotated[int, setting("PQ sub-quantizers (must divide the dimension)", ge=1)] = 16
+    pq_bits: Annotated[int, setting("bits per PQ code", ge=1, le=16)] = 8
+    train_size: Annotated[int, setting("vectors used to train IVF / PQ", ge=1)] = 100_000
 
 
-@dataclass(frozen=True)
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+@settings
 class GateConfig:
-    split: str = "test"  # test | val: which of the run's metrics the gate reads
-    floors: dict[str, float] = field(default_factory=dict)
-    beat_popularity: tuple[str, ...] = ("recall@20", "ndcg@10")
-    regression_metrics: tuple[str, ...] = ("recall@20", "ndcg@10", "mrr@10")
-    max_regression: float = 0.02  # allowed relative drop vs production (0.02 = 2 %)
-    slice_limits: dict[str, float] = field(default_factory=dict)  # slice (or "*") → allowed relative drop
-    min_slice_rows: int = 30  # a slice judged on fewer evaluated rows is skipped
-    confidence: float = 0.95  # a regression must be significant at this level (0: point estimates only)
-    min_gain: float = 0.02  # replacing production needs a gain above this (relative) at `confidence`
-
-    def __post_init__(self) -> None:
-        if self.split not in ("test", "val"):
-            raise ValueError(f"gate.split must be test or val, got {self.split!r}")
-        limits = {"max_regression": self.max_regression, "min_gain": self.min_gain, **self.slice_limits}
-        for name, limit in limits.items():
-            if not isinstance(limit, int | float) or not 0 <= limit < 1:
-                raise ValueError(f"gate regression limit {name!r} is a fraction in [0, 1), got {limit!r}")
-        if not isinstance(self.confidence, int | float) or not 0 <= self.confidence < 1:
-            raise ValueError(f"gate.confidence is a level in [0, 1), got {self.confidence!r}")
-        if int(self.min_slice_rows) < 1:
-            raise ValueError(f"gate.min_slice_rows must be ≥ 1, got {self.min_slice_rows}")
-        object.__setattr__(self, "beat_popularity", tuple(self.beat_popularity))
-        object.__setattr__(self, "regression_metrics", tuple(self.regression_metrics))
+    split: Annotated[Literal["test", "val"], setting("which of the run's metrics the gate reads")] = "test"
+    floors: Annotated[dict[str, float], setting("metric → lowest acceptable value, e.g. {ndcg@10: 0.05}")] = field(
+        default_factory=dict
+    )
+    beat_popularity: Annotated[tuple[str, ...], setting("metrics that must beat popularity")] = ("recall@20", "ndcg@10")
+    regression_metrics: Annotated[tuple[str, ...], setting("metrics compared with production")] = (
+        "recall@20",
+        "ndcg@10",
+        "mrr@10",
+    )
+    max_regression: Annotated[Fraction, setting("allowed relative drop vs production (0.02 = 2 %)")] = 0.02
+    slice_limits: Annotated[dict[str, Fraction], setting('slice (or "*") → allowed relative drop')] = field(
+        default_factory=dict
+    )
+    min_slice_rows: Annotated[int, setting("a slice judged on fewer evaluated rows is skipped", ge=1)] = 30
+    confidence: Annotated[
+        Fraction, setting("a regression must be significant at this level (0: point estimates only)")
+    ] = 0.95
+    min_gain: Annotated[Fraction, setting("replacing production needs a relative gain above this at `confidence`")] = (
+        0.02
+    )
 
 
-@dataclass(frozen=True)
+@settings
 class KubernetesConfig:
     """The training DAG's train task as a pod on a GPU node (``enabled``); everything else runs in-process.
     Read at DAG parse time from the raw YAML (see ``dags/recall_training.py``), so keep it plain data."""
 
-    enabled: bool = False
-    image: str = IMAGE  # the pipeline image (console script `recall`); never a moving tag
-    namespace: str = "recall"
-    gpus: int = 1  # per pod; more than one: torchrun starts one training process per GPU
-    nodes: int = 1  # more than one: the train step is a PyTorchJob of `nodes` pods (Kubeflow training operator)
-    cpu: str = "4"
-    memory: str = "16Gi"
-    node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
-    tolerations: list[dict[str, str]] = field(
+    enabled: Annotated[bool, setting("run the train step as a pod on a GPU node")] = False
+    image: Annotated[str, setting("the pipeline image (console script `recall`); never a moving tag")] = IMAGE
+    namespace: Annotated[str, setting("Kubernetes namespace")] = "recall"
+    gpus: Annotated[int, setting("GPUs per pod; more than one runs torchrun with a process per GPU", ge=0)] = 1
+    nodes: Annotated[
+        int, setting("pods; more than one makes the train step a PyTorchJob (Kubeflow training operator)", ge=1)
+    ] = 1
+    cpu: Annotated[str, setting("CPU request of the train pod")] = "4"
+    memory: Annotated[str, setting("memory request of the train pod")] = "16Gi"
+    node_selector: Annotated[dict[str, str], setting("node labels the train pod needs")] = field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
+    )
+    tolerations: Annotated[list[dict[str, str]], setting("taints the train pod tolerates")] = field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     )
-    volume_claim: str = "recall-runs"  # a ReadWriteMany PVC shared by the Airflow workers and the pod
-    mount_path: str = "/opt/recall/runs"  # where workers and pod mount it: the run directory must lie below
-    service_account: str | None = None
-    site_config_map: str | None = None  # the ConfigMap with the site config, mounted into Kubeflow's steps
-    startup_timeout_s: int = 600
-    job_timeout_s: int = 86_400  # a multi-node job that has not finished by then fails the task
+    volume_claim: Annotated[str, setting("a ReadWriteMany PVC shared by the Airflow workers and the pod")] = (
+        "recall-runs"
+    )
+    mount_path: Annotated[str, setting("where workers and pod mount it: the run directory must lie below")] = (
+        "/opt/recall/runs"
+    )
+    service_account: Annotated[str | None, setting("service account of the train pod")] = None
+    site_config_map: Annotated[
+        str | None, setting("the ConfigMap with the site config, mounted into Kubeflow's steps")
+    ] = None
+    startup_timeout_s: Annotated[int, setting("seconds a pod may take to start", ge=1)] = 600
+    job_timeout_s: Annotated[int, setting("a multi-node job unfinished by then fails the task", ge=1)] = 86_400
 
 
-@dataclass(frozen=True)
+@settings
 class RunConfig:
     data: DataConfig = DataConfig()
-    model: str = "sasrec"
-    model_params: dict[str, Any] = field(default_factory=dict)
+    model: Annotated[str, setting("the model (recall models list)")] = "sasrec"
+    model_params: Annotated[
+        dict[str, Any], setting("the model's constructor arguments (recall models list --architectures)")
+    ] = field(default_factory=dict)
     train: TrainConfig = TrainConfig()
-    ks: tuple[int, ...] = (10, 20, 50, 100)
-    exclude_seen: bool = True
-    out_dir: str = "runs/latest"
+    ks: Annotated[tuple[Annotated[int, Field(ge=1)], ...], setting("cut-offs K of the metrics")] = (10, 20, 50, 100)
+    exclude_seen: Annotated[bool, setting("metrics mask the items a user has already seen")] = True
+    out_dir: Annotated[str, setting("the run directory")] = "runs/latest"
     features: FeatureConfig = FeatureConfig()
     validation: ValidationConfig = ValidationConfig()
     index: IndexConfig = IndexConfig()
     gate: GateConfig = GateConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
-    registry: str | None = None  # the model registry root (None: $RECALL_REGISTRY or runs/registry)
-    routing: str = "serving/routing.yaml"  # what is served; its default is "production" for the gate
-    bentoml_store: bool = True  # the register step also saves each version to the BentoML model store
+    registry: Annotated[str | None, setting("the model registry root (null: $RECALL_REGISTRY or runs/registry)")] = None
+    routing: Annotated[str, setting("the routing file of what is served; its default is production for the gate")] = (
+        "serving/routing.yaml"
+    )
+    bentoml_store: Annotated[bool, setting("the register step also saves each version to the BentoML model store")] = (
+        True
+    )
 
-    def __post_init__(self) -> None:
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
         from models.registry import get_model_class  # the models' code, only when a run config is built
 
-        get_model_class(self.model)  # fails early with the list of models
-        object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
+        get_model_class(v)  # fails early with the list of models
+        return v
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

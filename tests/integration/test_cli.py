@@ -61,9 +61,20 @@ def test_bad_settings_name_the_allowed_values():
     res = runner.invoke(app, ["train", "-s", "model=sasrek"])
     assert res.exit_code == 2 and "choose one of: dssm" in res.output
     res = runner.invoke(app, ["train", "-s", "train.mode=7"])
-    assert res.exit_code == 2 and "unknown training mode" in res.output
+    assert res.exit_code == 2 and "train.mode: unknown training mode" in res.output
     res = runner.invoke(app, ["train", "-s", "trian.epochs=1"])
     assert res.exit_code == 2 and "unknown setting 'trian'" in res.output
+
+
+def test_config_show_prints_the_resolved_settings_and_schema_describes_them():
+    res = runner.invoke(app, ["config", "show", "-c", "configs/mind.yaml", "-s", "train.epochs=3"])
+    assert res.exit_code == 0 and "model: mind" in res.output and "  epochs: 3\n" in res.output
+    res = runner.invoke(app, ["config", "schema"])
+    props = json.loads(res.output)["$defs"]["TrainConfig"]["properties"]
+    assert res.exit_code == 0 and props["lr"]["exclusiveMinimum"] == 0 and "learning rate" in props["lr"]["description"]
+    res = runner.invoke(app, ["config", "show", "-s", "index.nprobe=-3"])
+    assert res.exit_code == 2  # one line, no traceback
+    assert res.output.strip() == "error: index.nprobe: Input should be greater than or equal to 1 (got -3)"
 
 
 def test_demo_runs_the_main_job_through_airflow(tmp_path):

@@ -94,6 +94,15 @@ def test_bad_data_stops_the_features_dag_at_validation(airflow_env, tmp_path):
     assert snapshots.published(tmp_path / "features") == [] and snapshots.latest(tmp_path / "features") is None
 
 
+def test_a_bad_setting_fails_the_first_task_at_once_naming_it(airflow_env, tmp_path):
+    run = dags_test("recall_features", {"overrides": [*placed(tmp_path), "train.epochs=abc"]}, airflow_env, 300)
+    assert not run.ok
+    states = {t: v["state"] for t, v in run.tasks.items()}
+    assert states["ingest"] == "failed" and run.tasks["ingest"]["try_number"] == 1, states  # never retried
+    assert "bad run config: train.epochs: Input should be a valid integer" in run.output
+    assert not (tmp_path / "features").exists()  # nothing was written
+
+
 # --- day after day ----------------------------------------------------------------------------------------
 def _files(d):
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(Path(d).rglob("*")) if p.is_file()}

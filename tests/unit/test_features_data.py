@@ -113,14 +113,6 @@ def test_config_layers_and_errors(tmp_path):
     p.write_text("model: dssm\ntrain: {epochs: 3, mode: 1}\n")
     cfg = load_config(p, ["train.epochs=7", "data.synthetic.n_users=10"])
     assert (cfg.model, cfg.train.epochs, cfg.train.mode, cfg.data.synthetic.n_users) == ("dssm", 7, "pairwise", 10)
-    with pytest.raises(ValueError, match="unknown model 'sasrek'; choose one of: dssm"):
-        load_config(None, ["model=sasrek"])
-    with pytest.raises(ValueError, match="unknown setting train.'epoch'"):
-        load_config(None, ["train.epoch=3"])
-    with pytest.raises(ValueError, match="unknown negative sampler 'popular'"):
-        load_config(None, ["train.negative=popular"])
-    with pytest.raises(ValueError, match="monitor must be recall@K or ndcg@K"):
-        load_config(None, ["train.monitor=hit@10"])
 
 
 def test_event_times_are_unix_seconds_whatever_the_datetime_unit():
@@ -152,8 +144,15 @@ def test_context_of_a_moment_hand_worked_and_in_batches():
     got = context_values(t).to_dict("list")
     assert got == {"hour_of_day": [13, 0], "day_of_week": [5, 0], "is_weekend": [1, 0], "month": [5, 12]}
     inter = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [10, 11, 12], "event_timestamp": list(t) + [t[1]]})
-    enc = encode(Tables(inter, pd.DataFrame({"user_id": [1]}), pd.DataFrame(
-        {"item_id": [10, 11, 12], "title": ["a", "b", "c"], "genres": [[], [], []], "year": [0, 0, 0]})))
+    enc = encode(
+        Tables(
+            inter,
+            pd.DataFrame({"user_id": [1]}),
+            pd.DataFrame(
+                {"item_id": [10, 11, 12], "title": ["a", "b", "c"], "genres": [[], [], []], "year": [0, 0, 0]}
+            ),
+        )
+    )
     assert enc.schema.context == {"hour_of_day": 25, "day_of_week": 8, "is_weekend": 3, "month": 14}
     b = build_batch(enc.data, torch.tensor([1]), torch.tensor([1]), 5, causal=True)  # predict the 2nd event
     assert (b["hour_of_day"].item(), b["day_of_week"].item(), b["month"].item()) == (1, 1, 13)  # its moment, + 1
