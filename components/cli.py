@@ -9,14 +9,55 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from models.registry import MODELS
 
-app = typer.Typer(help="Deep-recall MLOps: data, training, evaluation.", no_args_is_help=True, add_completion=False)
+_verbose = False  # --verbose: expected failures show their traceback too
+
+
+def _exit_code(e: Exception) -> int | None:
+    """The exit code of an expected failure (2: the command line itself was wrong), None for a bug."""
+    from .config import ConfigError
+    from .gate import GateFailed
+    from .kubeflow import KubeflowUnavailable
+    from .promote import PromotionRefused
+
+    if isinstance(e, ConfigError):
+        return 2
+    if isinstance(e, ValueError | FileNotFoundError | GateFailed | PromotionRefused | KubeflowUnavailable):
+        return 1  # bad data or input, a missing file, a failed gate, a refused promotion, no Kubeflow SDK
+    return None
+
+
+class _PlainErrors(TyperGroup):
+    """Expected failures end in one line and a non-zero exit; a traceback only with --verbose or for a bug."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            code = _exit_code(e)
+            if code is None or _verbose:
+                raise
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(
+    cls=_PlainErrors,
+    help="Deep-recall MLOps: data, training, evaluation.",
+    no_args_is_help=True,
+    add_completion=True,  # recall --install-completion (bash, zsh, fish, PowerShell)
+)
 data_app = typer.Typer(help="Datasets: generate, convert, describe.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -68,6 +109,12 @@ def _refusals():
         raise typer.Exit(1) from None
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """A user's mistake or a refusal: one line, no traceback."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
 def _config(config: Path | None, overrides: list[str] | None):
     from .config import load_config
 
@@ -90,8 +137,14 @@ def _metrics(title: str, rows: dict[str, dict[str, float]], ks: tuple[int, ...])
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress at INFO level.")) -> None:
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level; tracebacks for every error."),
+) -> None:
+    global _verbose
+    _verbose = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("recall.progress").setLevel(logging.INFO)  # training progress where no bar can draw
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "could not load AVX512 …" is no error
 
 
 @config_app.command("show")
@@ -660,11 +713,26 @@ def pipeline_airflow(
 
 
 @app.command()
-def train(config: Path = ConfigOpt, overrides: list[str] = SetOpt) -> None:
-    """Train the configured model, early-stopping on validation; print test metrics beside popularity."""
-    from .train import run
+def train(
+    config: Path = ConfigOpt,
+    overrides: list[str] = SetOpt,
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue the interrupted run in this directory, with its own settings."
+    ),
+) -> None:
+    """Train the configured model, early-stopping on validation; print test metrics beside popularity.
+    The state after each epoch is kept in the run directory: `--resume RUN_DIR` continues a killed run."""
+    from .train import resume_config, run
 
-    cfg = _config(config, overrides)
+    if resume is not None:
+        if config is not None or overrides:
+            _fail("--resume continues a run with its own settings: drop -c/-s", 2)
+        try:
+            cfg = resume_config(resume)
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e), 2)
+    else:
+        cfg = _config(config, overrides)
     out = run(cfg)
     if out is None:  # a torchrun worker: rank 0 reports
         return

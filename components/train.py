@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from dataclasses import asdict, dataclass
@@ -60,6 +61,23 @@ class TrainOutput:
     best_epoch: int
     train_seconds: float
     examples_per_s: float
+
+
+def resume_config(run_dir: str | Path) -> RunConfig:
+    """The settings of the interrupted run in ``run_dir`` (kept in its ``train_state.pt``), writing there
+    again: :func:`run` with them continues after the last finished epoch."""
+    from .config import config_from_dict
+
+    state_path = Path(run_dir, "train_state.pt")
+    if not state_path.exists():
+        done = " (it holds a finished run)" if Path(run_dir, "model.pt").exists() else ""
+        raise FileNotFoundError(f"nothing to resume in {run_dir}{done}: a run keeps train_state.pt from its first "
+                                "finished epoch until its checkpoint is written")  # fmt: skip
+    run = torch.load(state_path, map_location="cpu", weights_only=True).get("run")
+    if not run:
+        raise ValueError(f"{state_path} does not record its run's settings (written by an older version); "
+                         "start the run again with its config")  # fmt: skip
+    return dataclasses.replace(config_from_dict(run), out_dir=str(run_dir))
 
 
 def run(cfg: RunConfig, prepared: tuple[Tables, Encoded, Split] | None = None) -> TrainOutput | None:

@@ -43,6 +43,42 @@ from .samplers import HardNegativeSampler, PopularitySampler, UniformSampler, us
 from .settings import TrainConfig
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger("recall.progress")  # the CLI shows it at INFO without --verbose
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Heartbeat:
+    """Progress for logs, where a progress bar cannot draw (output not on a terminal: a scheduler, a pod,
+    a redirect): after the first ``first`` seconds of a run, then every ``every`` seconds, one line with
+    the step, examples/s and the time left in the epoch — and, on the first line, what the whole run may
+    take at most (every epoch, no early stop)."""
+
+    def __init__(self, epochs: int, first: float = 10.0, every: float = 60.0):
+        self.epochs, self.first, self.every = epochs, first, every
+        self.warned = False
+
+    def start(self, epoch: int, steps: int, examples_per_step: int) -> None:
+        self.epoch, self.steps, self.per_step = epoch, steps, examples_per_step
+        self.t0 = self.last = time.perf_counter()
+
+    def step(self, done: int) -> None:
+        now = time.perf_counter()
+        wait = self.every if self.warned else self.first
+        if now - self.last < wait:
+            return
+        self.last = now
+        rate = done / (now - self.t0)  # steps/s
+        left = (self.steps - done) / rate
+        line = (f"epoch {self.epoch}/{self.epochs}: step {done:,}/{self.steps:,}, "
+                f"{rate * self.per_step:,.0f} examples/s, epoch ends in {_duration(left)}")  # fmt: skip
+        if not self.warned:
+            line += f"; at most {_duration(self.steps / rate * (self.epochs - self.epoch + 1))} more for the run"
+            self.warned = True
+        progress_log.info(line)
 
 
 @dataclass
@@ -105,6 +141,7 @@ class MatchTrainer:
             config = dataclasses.replace(config, mode="listwise", negative=negative, logq=True)
         self.config = config
         self.world = distributed.world()
+        self.heartbeat = Heartbeat(config.epochs)
         self.device = distributed.rank_device(resolve_device(config.device))
         self.model = model.to(self.device)
         self.data, self.split = data, split
@@ -271,12 +308,16 @@ class MatchTrainer:
         model.train()
         perm = torch.randperm(users.numel(), generator=self.gen)
         total, steps = 0.0, 0
+        shown = cfg.progress and w.main
         bar = tqdm(
             range(0, perm.numel(), cfg.batch_size),
             desc=f"{model.name} epoch {epoch}",
-            disable=None if cfg.progress and w.main else True,
+            disable=None if shown else True,  # None: only on a terminal
             leave=False,
         )
+        beat = self.heartbeat if shown and bar.disable else None
+        if beat is not None:
+            beat.start(epoch, len(bar.iterable), cfg.batch_size)
         for start in bar:
             rows = perm[start : start + cfg.batch_size]
             if rows.numel() < w.size:  # the last batch, too short to give every rank a row
@@ -300,6 +341,8 @@ class MatchTrainer:
             steps += 1
             if steps % 20 == 0:
                 bar.set_postfix(loss=f"{total / steps:.4f}")
+            if beat is not None:
+                beat.step(steps)
         return distributed.total(total, self.device) / w.size, steps
 
     def fit(self, out_dir: str | Path | None = None, extra: dict | None = None) -> TrainResult:
@@ -322,6 +365,7 @@ class MatchTrainer:
         track = {"best_score": float("-inf"), "best_epoch": 0, "bad": 0, "best_state": None}
         state_path = Path(out_dir, "train_state.pt") if out_dir is not None else None
         key = self._resume_key(extra)
+        self.run = json.loads(json.dumps((extra or {}).get("run"), default=str))
         first = 1
         if state_path is not None and w.main:
             for torn in state_path.parent.glob(f"{state_path.name}.*.tmp"):  # a rank stopped mid-write
@@ -391,6 +435,7 @@ class MatchTrainer:
             "estimator": estimator.state() if estimator is not None else None,
             "track": track,
             "result": asdict(result),
+            "run": self.run,  # the run's settings (`recall train --resume`)
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

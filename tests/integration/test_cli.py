@@ -77,6 +77,23 @@ def test_config_show_prints_the_resolved_settings_and_schema_describes_them():
     assert res.output.strip() == "error: index.nprobe: Input should be greater than or equal to 1 (got -3)"
 
 
+def test_expected_failures_print_one_line_and_verbose_shows_the_traceback(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("uid,movie,ts\n1,10,1\n1,11,2\n2,10,3\n")
+    cases = {  # what the user got wrong → (exit code, what the line says)
+        "missing file": (["-s", "data.source=file", "-s", f"data.path={tmp_path / 'nope.csv'}"], 1, "nope.csv"),
+        "unmapped column": (["-s", "data.source=file", "-s", f"data.path={events}"], 1, "user_id"),
+        "bad setting": (["-s", "train.batch_size=0"], 2, "train.batch_size: Input should be greater than or equal"),
+    }  # fmt: skip
+    for what, (args, code, says) in cases.items():
+        res = runner.invoke(app, ["train", *args])
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == code, (what, res.output)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], (what, res.output)
+    res = runner.invoke(app, ["--verbose", "train", *cases["missing file"][0]])
+    assert res.exit_code != 0 and isinstance(res.exception, FileNotFoundError)  # raised: its traceback shows
+
+
 def test_demo_runs_the_main_job_through_airflow(tmp_path):
     res = runner.invoke(app, ["demo", "-s", f"out_dir={tmp_path}", *flags(LOOP)])
     assert res.exit_code == 0, res.output

@@ -113,3 +113,56 @@ def test_a_full_softmax_over_too_large_a_catalogue_becomes_a_sampled_one_and_say
     never = MatchTrainer(build_model("sasrec", enc.schema), TrainConfig(mode="full", full_softmax_max_items=None,
                                                                         max_len=20), enc.data, split)  # fmt: skip
     assert never.config.mode == "full"
+
+
+def test_recall_train_resume_continues_a_killed_run_to_the_same_end(tmp_path, one_thread, monkeypatch):
+    from typer.testing import CliRunner
+
+    from components.cli import app
+
+    runner = CliRunner()
+    args = [x for s in [*SMALL, "model=sasrec"] for x in ("-s", s)]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert runner.invoke(app, ["train", *args, "-s", f"out_dir={whole}"]).exit_code == 0
+    real = MatchTrainer.train_epoch
+
+    def dies(self, users, positions, e=1):
+        if e == 3:
+            raise RuntimeError("killed")
+        return real(self, users, positions, e)
+
+    monkeypatch.setattr(MatchTrainer, "train_epoch", dies)
+    res = runner.invoke(app, ["train", *args, "-s", f"out_dir={killed}"])
+    assert res.exit_code != 0 and (killed / "train_state.pt").exists() and not (killed / "model.pt").exists()
+    monkeypatch.setattr(MatchTrainer, "train_epoch", real)
+
+    res = runner.invoke(app, ["train", "--resume", str(killed)])  # no -c: the run's own settings
+    assert res.exit_code == 0, res.output
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, killed))
+    assert [h["epoch"] for h in b["history"]] == [1, 2, 3, 4]
+    assert [h["loss"] for h in b["history"]] == [h["loss"] for h in a["history"]]
+    assert b["test_metrics"] == a["test_metrics"]
+    # the user's mistakes: one line, exit code 2
+    res = runner.invoke(app, ["train", "--resume", str(killed)])
+    assert res.exit_code == 2 and "nothing to resume" in res.output and "finished run" in res.output
+    res = runner.invoke(app, ["train", "--resume", str(killed), "-s", "train.epochs=9"])
+    assert res.exit_code == 2 and "drop -c/-s" in res.output and "Traceback" not in res.output
+
+
+def test_progress_is_logged_where_no_bar_can_draw(caplog):
+    """Not on a terminal (a scheduler's log, a redirect) the bar is off; a heartbeat says how far an
+    epoch is, how fast it goes, when it ends and what the whole run may take."""
+    from models.trainer import Heartbeat
+
+    cfg = load_config(None, [*SMALL, "model=sasrec", "train.progress=true", "train.batch_size=64"])
+    _, enc, split = prepare(cfg)
+    trainer = MatchTrainer(build_model("sasrec", enc.schema, **cfg.model_params), cfg.train, enc.data, split)
+    trainer.heartbeat = Heartbeat(cfg.train.epochs, first=0.0, every=0.0)  # a line per step
+    users, pos = training_examples(enc.data, split, True, cfg.train.max_len, trainer.model.train_context)
+    with caplog.at_level(logging.INFO, logger="recall.progress"):
+        _, steps = trainer.train_epoch(users, pos, epoch=2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "recall.progress"]
+    assert len(lines) == steps
+    assert lines[0].startswith("epoch 2/4: step 1/") and "examples/s, epoch ends in" in lines[0]
+    assert "more for the run" in lines[0] and "more for the run" not in lines[-1]
+    assert lines[-1].startswith(f"epoch 2/4: step {steps}/{steps},")
