@@ -35,15 +35,50 @@ import pyarrow.parquet as pq
 from .datasets import Tables
 
 logger = logging.getLogger(__name__)
+progress_log = logging.getLogger("recall.progress")  # what the user should see without --verbose
 
 TABLES = ("interactions", "users", "items", "user_behaviour", "user_seen")
 CANONICAL_INTERACTIONS = ("user_id", "item_id", "event_timestamp", "rating")
 
 
-def read_interactions_file(path: str | Path, columns: dict[str, str] | None = None) -> pd.DataFrame:
+ORDINAL_EPOCH = pd.Timestamp("2000-01-01", tz="UTC")  # ordinal r is read as this + r seconds (r: dense rank)
+_UNIT_FLOORS = (("ns", 1e17), ("us", 1e14), ("ms", 1e11), ("s", 6.3e8))  # unix values after ~1990 in each unit
+
+
+def timestamp_unit(ts: pd.Series) -> str:
+    """What ``auto`` takes a timestamp column for: text → ``iso``; numbers by magnitude — unix
+    nanoseconds, microseconds, milliseconds or seconds when their largest value is a time after 1990 in
+    that unit, else ``ordinal`` (small numbers that can only order events)."""
+    if not pd.api.types.is_numeric_dtype(ts):
+        return "iso"
+    top = float(ts.max())
+    return next((unit for unit, floor in _UNIT_FLOORS if top >= floor), "ordinal")
+
+
+def parse_timestamps(ts: pd.Series, unit: str, where: str) -> pd.Series:
+    """A timestamp column in ``unit`` (see ``data.timestamp_unit``) → UTC datetimes."""
+    chosen = timestamp_unit(ts) if unit == "auto" else unit
+    if unit == "auto":
+        progress_log.info("%s: timestamps read as %s (auto; set data.timestamp_unit to choose)", where, chosen)
+    try:
+        if chosen == "iso":
+            return pd.to_datetime(ts, utc=True, format="ISO8601")
+        if not pd.api.types.is_numeric_dtype(ts):
+            raise ValueError(f"unit {chosen!r} needs numbers, the column holds {ts.dtype}")
+        if chosen == "ordinal":
+            rank = ts.rank(method="dense").astype("int64") - 1  # equal ordinals stay ties
+            return ORDINAL_EPOCH + pd.to_timedelta(rank, unit="s")
+        return pd.to_datetime(ts, unit=chosen, utc=True)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ValueError(f"{where}: cannot read the timestamps as {chosen} (data.timestamp_unit): {e}") from None
+
+
+def read_interactions_file(
+    path: str | Path, columns: dict[str, str] | None = None, timestamp_unit: str = "auto"
+) -> pd.DataFrame:
     """Any parquet/CSV of interactions → canonical columns. ``columns`` maps canonical → source names,
-    e.g. ``{"user_id": "uid", "item_id": "movie", "event_timestamp": "ts"}``; numeric timestamps are
-    unix seconds."""
+    e.g. ``{"user_id": "uid", "item_id": "movie", "event_timestamp": "ts"}``; ``timestamp_unit`` says
+    what the timestamps are (:func:`parse_timestamps`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"interactions file {path} does not exist")
@@ -54,15 +89,11 @@ def read_interactions_file(path: str | Path, columns: dict[str, str] | None = No
         raise ValueError(f"unknown canonical columns {sorted(unknown)}; map any of {', '.join(CANONICAL_INTERACTIONS)}")
     missing = [f"{canon} (from {src!r})" for canon, src in mapping.items() if src not in df and canon != "rating"]
     if missing:
-        raise ValueError(f"{path}: missing columns {', '.join(missing)}; the file has {list(df.columns)}")
-    ts = df[mapping["event_timestamp"]]
-    try:
-        ts = (pd.to_datetime(ts, unit="s", utc=True) if pd.api.types.is_numeric_dtype(ts)
-              else pd.to_datetime(ts, utc=True, format="ISO8601"))  # fmt: skip
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"{path}: column {mapping['event_timestamp']!r} must hold unix seconds or ISO-8601 times: {e}"
-        ) from None
+        example = "{user_id: uid, item_id: movie, event_timestamp: ts}"
+        raise ValueError(f"{path}: missing columns {', '.join(missing)}; the file has {list(df.columns)} "
+                         f"(data.columns maps yours, e.g. {example})")  # fmt: skip
+    where = f"{path}: column {mapping['event_timestamp']!r}"
+    ts = parse_timestamps(df[mapping["event_timestamp"]], timestamp_unit, where)
     out = pd.DataFrame(
         {
             "user_id": df[mapping["user_id"]],

@@ -50,6 +50,9 @@ class DataConfig:
         str | None, setting("ML-100K directory, canonical-table directory, or (source file) the interactions file")
     ] = None
     synthetic: SyntheticConfig = SyntheticConfig()
+    timestamp_unit: Annotated[Literal["auto", "s", "ms", "us", "ns", "iso", "ordinal"], setting(
+        "source file: what its timestamps are — unix s | ms | us | ns, iso (text), or ordinal (numbers that only "
+        "order events; ties stay ties) — auto decides from the column and says what it chose")] = "auto"
     columns: Annotated[
         dict[str, str],
         setting(

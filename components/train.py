@@ -42,7 +42,7 @@ def load_tables(cfg: RunConfig) -> Tables:
     if src.source == "file":
         from .ingest import read_interactions_file, tables_from_interactions
 
-        return tables_from_interactions(read_interactions_file(src.path, src.columns))
+        return tables_from_interactions(read_interactions_file(src.path, src.columns, src.timestamp_unit))
     return Tables.read(src.path)
 
 

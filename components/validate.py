@@ -131,7 +131,20 @@ class Failure:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if k not in ("batch_id",))
         count = f": {self.unexpected} unexpected row(s)" if self.unexpected else ""
         rows = f"; e.g. {self.rows}" if self.rows else ""
-        return f"{self.table}: {self.expectation}({args}) failed{count}{rows}"
+        hint = SETTINGS_HINTS.get((self.expectation, self.kwargs.get("column")))
+        return f"{self.table}: {self.expectation}({args}) failed{count}{rows}" + (f" — {hint}" if hint else "")
+
+
+# The settings behind a failed expectation's bounds: what to change when the data is right.
+SETTINGS_HINTS = {
+    ("expect_column_values_to_be_between", "event_timestamp"): (
+        "bounds from validation.min_timestamp and validation.future_slack_s; a file's numeric timestamps are "
+        "read per data.timestamp_unit (s, ms, us, ns, ordinal)"
+    ),
+    ("expect_column_values_to_be_between", "rating"): "bounds from validation.rating_min and validation.rating_max",
+    ("expect_column_values_to_be_between", "hist_len"): "bound from validation.max_len",
+    ("expect_column_values_to_be_between", "hist_list_len"): "bound from validation.max_len",
+}
 
 
 @dataclass(frozen=True)

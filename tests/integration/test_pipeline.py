@@ -48,7 +48,7 @@ def test_run_registers_a_gated_candidate_with_report_and_leaves_routing_alone(wo
     assert mv.meta["gate"]["passed"] and mv.meta["dataset_fingerprint"]
     assert json.loads((run_dir / "gate.json").read_text())["passed"]
     report = (run_dir / "report.html").read_text()
-    assert "Quality gate: <span class=\"pass\">PASSED" in report and report.count("<svg") == 4
+    assert 'Quality gate: <span class="pass">PASSED' in report and report.count("<svg") == 4
     ev = json.loads((run_dir / "evaluation.json").read_text())
     assert ev["test"]["ndcg@10"] > ev["popularity_test"]["ndcg@10"] and "recall@1" in ev["test"]
     assert not (out / "routing.yaml").exists()  # registering never serves: routing is the operator's
@@ -326,3 +326,34 @@ def test_concurrent_registrations_get_distinct_versions_and_a_run_only_one(gated
     reg = Registry(root)
     assert reg.versions("sasrec") == ["v1", "v2"]
     assert {reg.get(t).meta["run_key"] for t in tags} == {register.run_key(run_dir), register.run_key(other)}
+
+
+def test_your_own_csv_with_ordinal_times_and_other_column_names_goes_from_ingest_to_a_registered_version(
+    tmp_path, caplog
+):
+    """A user's file: their column names, timestamps that only order events — one data config, through
+    ingest → validation → Feast → training → gate → registry, no traceback."""
+    import logging
+
+    from components.datasets import SyntheticConfig, generate_synthetic
+
+    inter = generate_synthetic(SyntheticConfig(n_users=200, n_items=100, n_interactions=6000)).interactions
+    step = inter.event_timestamp.rank(method="dense").astype(int)  # only the order survives
+    mine = tmp_path / "mine.csv"
+    pd.DataFrame({"uid": inter.user_id, "movie": inter.item_id, "step": step}).to_csv(mine, index=False)
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        f"data:\n  source: file\n  path: {mine}\n"
+        "  columns: {user_id: uid, item_id: movie, event_timestamp: step}\n"
+        "model: sasrec\n"
+        "train: {epochs: 3, max_len: 20, progress: false}\n"
+        "gate: {beat_popularity: []}\n"
+        "bentoml_store: false\n"
+    )
+    with caplog.at_level(logging.INFO, logger="recall.progress"):
+        res = CliRunner().invoke(app, ["pipeline", "run", "-c", str(config), *flags(placed(tmp_path)), "--no-bentoml"])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    assert "column 'step': timestamps read as ordinal" in caplog.text
+    mv = Registry(tmp_path / "registry").get("sasrec")
+    assert mv.tag == "recall-sasrec:v1" and mv.meta["gate"]["passed"]

@@ -157,3 +157,23 @@ def test_context_of_a_moment_hand_worked_and_in_batches():
     b = build_batch(enc.data, torch.tensor([1]), torch.tensor([1]), 5, causal=True)  # predict the 2nd event
     assert (b["hour_of_day"].item(), b["day_of_week"].item(), b["month"].item()) == (1, 1, 13)  # its moment, + 1
     assert b["is_weekend_seq"].tolist() == [[0, 0, 0, 0, 1]]  # the slot before it predicts the 2nd event
+
+
+def test_timestamp_units_are_detected_and_the_choice_is_said(caplog):
+    import logging
+
+    import pandas as pd
+
+    from components.ingest import parse_timestamps, timestamp_unit
+
+    secs = pd.Series([880_000_000, 880_000_060])  # 1997
+    assert [timestamp_unit(secs * f) for f in (1, 1000, 10**6, 10**9)] == ["s", "ms", "us", "ns"]
+    assert timestamp_unit(pd.Series([3, 1, 2])) == "ordinal" and timestamp_unit(pd.Series(["2024-05-01"])) == "iso"
+    with caplog.at_level(logging.INFO, logger="recall.progress"):
+        got = parse_timestamps(pd.Series([5, 2, 5, 9]), "auto", "events.csv: column 'step'")
+    assert "events.csv: column 'step': timestamps read as ordinal (auto; set data.timestamp_unit" in caplog.text
+    start = pd.Timestamp("2000-01-01", tz="UTC")
+    assert list(got - start) == [pd.Timedelta(seconds=s) for s in (1, 0, 1, 2)]  # order kept, ties stay ties
+    assert parse_timestamps(secs * 1000, "ms", "x").equals(parse_timestamps(secs, "s", "x"))
+    with pytest.raises(ValueError, match=r"x: cannot read the timestamps as s \(data.timestamp_unit\)"):
+        parse_timestamps(pd.Series(["yesterday"]), "s", "x")
