@@ -254,8 +254,9 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     result["exclude_seen"] = rcfg.exclude_seen
     if (run_dir / "training_set.json").exists():  # the snapshot and the train/serve parity check
         result["training_set"] = json.loads((run_dir / "training_set.json").read_text())
-    history = json.loads((run_dir / "metrics.json").read_text()).get("history", [])
-    result["report"] = str(write_report(result, history, run_dir / "report.html"))
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    result["report"] = str(write_report(result, trained.get("history", []), run_dir / "report.html",
+                                        trained.get("best_epoch")))  # fmt: skip
     _write(run_dir, "evaluation.json", result)
     return {"report": result["report"], "test": {k: result["test"][k] for k in _headline(rcfg.ks)}}
 

@@ -30,7 +30,10 @@ def _rows(ev: dict[str, Any], part: str, ks: list[int]) -> list[list[object]]:
     return [[name, *(float(m.get(c, float("nan"))) for c in cols)] for name, m in named]
 
 
-def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | Path) -> Path:
+def write_report(
+    ev: dict[str, Any], history: list[dict[str, Any]], path: str | Path, best_epoch: int | None = None
+) -> Path:
+    """The evaluation report; ``best_epoch``: the epoch whose weights were kept, marked on the curves."""
     ks = ev["ks"]
     head = ["model", *(f"{m}@{k}" for k in ks[:2] for m in COLUMNS)]
     curve_ks = ev["curve_ks"]
@@ -46,6 +49,7 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
     loss = {"training loss": [(h["epoch"], float(h["loss"])) for h in history]}
     monitored = sorted({k for h in history for k in h if k in ("ndcg@10", "recall@10", "recall@20")})
     val = {m: [(h["epoch"], float(h[m])) for h in history] for m in monitored}
+    mark = (best_epoch, f"kept: epoch {best_epoch}") if best_epoch else None
     prod = ev.get("production")
     prod_line = (
         f"production: {html.escape(prod['tag'])}, scored on these same events through its registered towers "
@@ -68,10 +72,10 @@ def write_report(ev: dict[str, Any], history: list[dict[str, Any]], path: str | 
             "<h2>Curves</h2>",
             f"<figure>{curve('recall')}<figcaption>Recall@K on the test events</figcaption></figure>",
             f"<figure>{curve('ndcg')}<figcaption>NDCG@K on the test events</figcaption></figure>",
-            f"<figure>{line_chart(loss, 'Training loss', 'epoch')}"
+            f"<figure>{line_chart(loss, 'Training loss', 'epoch', mark=mark)}"
             "<figcaption>mean loss per epoch</figcaption></figure>",
-            f"<figure>{line_chart(val, 'Validation (early stopping)', 'epoch')}"
-            "<figcaption>validation metrics per epoch</figcaption></figure>",
+            f"<figure>{line_chart(val, 'Validation (early stopping)', 'epoch', mark=mark)}"
+            "<figcaption>validation metrics per epoch; dashed: the epoch kept</figcaption></figure>",
             "</body></html>",
         ]
     )

@@ -1,10 +1,11 @@
 """The quality gate against hand-worked cases, and the report's pictures are well-formed SVG."""
 
+import re
 import xml.dom.minidom
 
 import pytest
 
-from components.charts import line_chart, table
+from components.charts import line_chart, nice_ticks, table
 from components.gate import GateConfig, GateFailed, enforce, evaluate_gate
 from components.report import add_gate, write_report
 
@@ -85,7 +86,7 @@ def test_a_regression_must_be_significant_to_block():
     # Significant but within the tolerance passes: registering tolerates a small real dip.
     dip = {**metrics, "recall@20": 0.297}
     assert evaluate_gate(dip, POP, GateConfig(), {**noisy, "difference": {"recall@20": _diff(-0.003, 0.001)}})["passed"]
-    with pytest.raises(ValueError, match="gate.confidence"):
+    with pytest.raises(ValueError, match="confidence\n  Input should be less than 1"):
         GateConfig(confidence=1.0)
 
 
@@ -182,7 +183,7 @@ def test_every_slice_limit_and_too_small_slices_are_skipped_saying_so():
 def test_unknown_metric_and_bad_settings_fail_clearly():
     with pytest.raises(ValueError, match="gate metric 'ndcg@7'"):
         evaluate_gate(CAND, POP, GateConfig(floors={"ndcg@7": 0.1}))
-    with pytest.raises(ValueError, match="gate.split"):
+    with pytest.raises(ValueError, match="split\n  Input should be 'test' or 'val'"):
         GateConfig(split="train")
     with pytest.raises(ValueError, match="max_regression"):
         GateConfig(max_regression=1.5)
@@ -220,6 +221,12 @@ def test_report_is_html_with_well_formed_charts(tmp_path):
 def test_chart_and_table_helpers():
     svg = line_chart({"a": [(1, 0.1), (2, float("nan")), (3, 0.3)], "b": [("x", 0.2)]}, "t")
     xml.dom.minidom.parseString(svg)
+    assert nice_ticks(0.01379, 0.09961) == [0.0, 0.05, 0.1] and nice_ticks(1, 37, 6) == [0, 10, 20, 30, 40]
+    svg = line_chart({"val": [(e, 0.01379 + 0.0086 * e) for e in range(1, 11)]}, "v", "epoch", mark=(7, "kept: 7"))
+    labels = re.findall(r">([^<>]+)</text>", svg)
+    assert "0.02239" not in labels and {"0.02", "0.04", "0.06", "0.08", "0.1"} <= set(labels)  # round ticks
+    assert {"2", "4", "6", "8", "10"} <= set(labels) and svg.count('class="grid"') == 5 + 5
+    assert svg.count('class="mark"') == 1 and "kept: 7" in labels
     assert line_chart({}, "t") == "<p>no data</p>"
     html = table(["h<1>"], [["<b>x</b>"], ["a&b"], [0.123456]])
     assert "h&lt;1&gt;" in html and "<b>x</b>" in html and "a&amp;b" in html and "0.1235" in html
