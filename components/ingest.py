@@ -199,7 +199,11 @@ def _canonical(df: pd.DataFrame, key: str) -> pa.Table:
             df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
     sort = [key, "event_timestamp"] if "event_timestamp" in df else [key]
     df = df.sort_values(sort, kind="stable").reset_index(drop=True)
-    return pa.Table.from_pandas(df, preserve_index=False)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    for i, f in enumerate(table.schema):  # lists that are all empty (a log without genres) are list<null>:
+        if pa.types.is_list(f.type) and pa.types.is_null(f.type.value_type):  # give them the string items
+            table = table.set_column(i, f.name, table.column(i).cast(pa.list_(pa.string())))  # Feast reads
+    return table
 
 
 def _write(table: pa.Table, path: Path) -> None:

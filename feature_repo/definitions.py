@@ -71,14 +71,15 @@ def build(data_dir: str | Path) -> dict[str, list]:
 
     users_cols = _columns(d / "users.parquet")
     items_cols = _columns(d / "items.parquet")
+    profile = [Field(name=n, dtype=t) for n, t in PROFILE.items() if n in users_cols or not users_cols]
     user_profile = FeatureView(
         name="user_profile",
         entities=[user],
         ttl=TTL,
-        schema=[Field(name=n, dtype=t) for n, t in PROFILE.items() if n in users_cols or not users_cols],
+        schema=profile,
         source=source("users"),
         description="profile attributes (categorical, raw values; vocab/ maps them to model indices)",
-    )
+    ) if profile else None  # an interactions-only log has no profile: no view (Feast cannot have an empty one)
     user_behaviour = FeatureView(
         name="user_behaviour",
         entities=[user],
@@ -115,13 +116,14 @@ def build(data_dir: str | Path) -> dict[str, list]:
         ),
         FeatureService(
             name=f"recall_profile_sequence_{SERVICE_VERSION}",
-            features=[user_profile, user_behaviour[["hist_item_ids", "hist_timestamps", "hist_len"]], context],
+            features=[*([user_profile] if user_profile else []),
+                      user_behaviour[["hist_item_ids", "hist_timestamps", "hist_len"]], context],  # fmt: skip
             description=f"profile + history models: {', '.join(FAMILIES['profile_sequence'])}",
         ),
     ]
     return {
         "entities": [user, item],
-        "views": [user_profile, user_behaviour, user_seen, item_features],
+        "views": [v for v in (user_profile, user_behaviour, user_seen, item_features) if v is not None],
         "on_demand": [context],
         "services": services,
     }
