@@ -1,6 +1,6 @@
 """Data sources → the canonical tables, and canonical tables → the models' tensors.
 
-Canonical tables (see ARCHITECTURE.md): ``interactions`` (user_id, item_id, event_timestamp, rating),
+Canonical tables (see docs/ARCHITECTURE.md): ``interactions`` (user_id, item_id, event_timestamp, rating),
 ``users`` (user_id, age_bucket, gender, occupation, zip_prefix, event_timestamp) and ``items``
 (item_id, title, genres, year, event_timestamp).
 """
