@@ -8,7 +8,7 @@ export RECALL_ML100K_DIR ?= $(abspath ../shared/data/ml-100k)
 CONSTRAINTS := infra/docker/constraints.txt
 KFP := infra/kubeflow/requirements.txt
 
-.PHONY: install demo test lint bench clean redis-server kubectl constraints
+.PHONY: install demo test lint bench clean redis-server kubectl chromium constraints
 
 # The versions of infra/docker/constraints.txt, the same the pipeline image installs.
 $(STAMP): pyproject.toml $(CONSTRAINTS) $(KFP)
@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 # Two pytest-xdist workers, a test file each at a time (module fixtures are built once): 1.4x faster on two
 # cores than one process (most of the time is single-threaded Airflow, Feast and BentoML start-up).
-test: $(STAMP) lint redis-server kubectl
+test: $(STAMP) lint redis-server kubectl chromium
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The Redis online-store tests run against a real redis-server (Debian's package; root or sudo).
@@ -51,6 +51,14 @@ kubectl:
 	  $$SUDO apt-get install -y -q kubernetes-client >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q kubernetes-client >/dev/null; }; }
 	@command -v kubectl >/dev/null 2>&1 || { echo "kubectl is needed by the tests: apt-get install kubernetes-client" >&2; exit 1; }
+
+# The report test renders the evaluation report's charts in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; }; }
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium is needed by the tests: apt-get install chromium" >&2; exit 1; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

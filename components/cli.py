@@ -48,7 +48,7 @@ class _PlainErrors(TyperGroup):
             code = _exit_code(e)
             if code is None or _verbose:
                 raise
-            console.print(f"[red]error:[/red] {e}", highlight=False)
+            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # one line, however long
             raise typer.Exit(code) from None
 
 
@@ -111,7 +111,7 @@ def _refusals():
 
 def _fail(message: str, code: int = 1) -> NoReturn:
     """A user's mistake or a refusal: one line, no traceback."""
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -121,8 +121,7 @@ def _config(config: Path | None, overrides: list[str] | None):
     try:
         return load_config(config, overrides or [])
     except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        _fail(str(e), 2)
 
 
 def _metrics(title: str, rows: dict[str, dict[str, float]], ks: tuple[int, ...]) -> None:
@@ -145,6 +144,9 @@ def main(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("recall.progress").setLevel(logging.INFO)  # training progress where no bar can draw
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "could not load AVX512 …" is no error
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the MLflow store's schema migrations
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers up on import
 
 
 @config_app.command("show")
@@ -286,8 +288,7 @@ def models_export(
         index_cfg = IndexConfig(kind=index) if index else None
         mv = register_run(run_dir, _registry(registry), index_cfg, version, to_bentoml=bentoml_store)
     except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        _fail(str(e), 2)
     par = mv.meta["export"]["parity"]
     rep = mv.meta["index"]["report"]
     console.print(
@@ -314,8 +315,7 @@ def _feature_steps(
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        _fail(str(e), 2)
     t = Table(title=f"features: {', '.join(steps)} → {cfg.features.dir} ({cfg.features.online} online store)")
     t.add_column("step")
     t.add_column("seconds", justify="right")
@@ -414,8 +414,7 @@ def ab_report(
     try:
         rep = _ab_report(experiment, log, feedback, out, k, window_h, fixed)
     except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        _fail(str(e), 2)
     t = Table(title=f"experiment {experiment}: {rep['attributed_events']:,} attributed feedback events")
     for col in ("variant", "users", "requests", "hit rate", f"CTR@{k}", "p99 ms", "fallback"):
         t.add_column(col, justify="right")

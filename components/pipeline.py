@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import tracking
 from .gate import GateFailed, enforce, evaluate_gate
 from .k8s import RUN_CONFIG  # the run's settings as its first step saw them (a step in another pod loads it)
 from .settings import DataConfig, RunConfig
@@ -258,6 +259,7 @@ def evaluate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     result["report"] = str(write_report(result, trained.get("history", []), run_dir / "report.html",
                                         trained.get("best_epoch")))  # fmt: skip
     _write(run_dir, "evaluation.json", result)
+    tracking.record(cfg, run_dir, "evaluate", files=(run_dir / "report.html", run_dir / "evaluation.json"))
     return {"report": result["report"], "test": {k: result["test"][k] for k in _headline(rcfg.ks)}}
 
 
@@ -280,6 +282,8 @@ def gate(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     from .report import add_gate
 
     add_gate(Path(run_dir) / "report.html", verdict)
+    tracking.record(cfg, run_dir, "gate", tags={"gate": "passed" if verdict["passed"] else "failed"},
+                    files=(Path(run_dir) / "gate.json", Path(run_dir) / "report.html"))  # fmt: skip
     enforce(verdict)
     return {"passed": True, "checks": [f"{c['name']}: {c['status']}" for c in verdict["checks"]],
             "replace_production": verdict["promotion"]}  # fmt: skip
@@ -318,6 +322,7 @@ def register(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     mv = publish_run(run_dir, Registry(cfg.registry), gate=verdict, to_bentoml=cfg.bentoml_store)
     out = {"tag": mv.tag, "path": str(mv.path), "stage": mv.meta["stage"]}
     _write(run_dir, "registered.json", out)
+    tracking.record(cfg, run_dir, "register", tags={"registered_version": mv.tag, "stage": mv.meta["stage"]})
     return out
 
 

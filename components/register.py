@@ -19,6 +19,7 @@ from . import export as ex
 from . import index as idx
 from .config import config_from_dict
 from .registry import ModelVersion, Registry, atomic_write_json, save_to_bentoml, sha256
+from .tracking import tracked_run
 from .train import prepare
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def publish_run(
             "snapshot_fingerprint": snapshot.get("fingerprint"),
             "training_signature": config_from_dict(config["run"]).training_signature(),
             "run_dir": str(run_dir),
+            "mlflow_run_id": tracked_run(run_dir),  # where the run is compared (None: not tracked)
             "config": {"model": model.config(), "run": config["run"]},
             "metrics": {
                 "test": metrics.get("test_metrics"),

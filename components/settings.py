@@ -160,6 +160,14 @@ class KubernetesConfig:
 
 
 @settings
+class TrackingConfig:
+    enabled: Annotated[bool, setting("log every training run to MLflow")] = True
+    uri: Annotated[str | None, setting(
+        "MLflow tracking URI (null: $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)")] = None
+    experiment: Annotated[str, setting("MLflow experiment the runs go to")] = "deep-recall"
+
+
+@settings
 class RunConfig:
     data: DataConfig = DataConfig()
     model: Annotated[str, setting("the model (recall models list)")] = "sasrec"
@@ -175,6 +183,7 @@ class RunConfig:
     index: IndexConfig = IndexConfig()
     gate: GateConfig = GateConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+    tracking: TrackingConfig = TrackingConfig()
     registry: Annotated[str | None, setting("the model registry root (null: $RECALL_REGISTRY or runs/registry)")] = None
     routing: Annotated[str, setting("the routing file of what is served; its default is production for the gate")] = (
         "serving/routing.yaml"

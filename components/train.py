@@ -110,4 +110,20 @@ def run(cfg: RunConfig, prepared: tuple[Tables, Encoded, Split] | None = None) -
         examples_per_s=result.examples_per_s,
     )
     atomic_write_json(Path(cfg.out_dir, "metrics.json"), {**asdict(out), "history": result.history})
+    track(cfg, out, result.history, extra["dataset_fingerprint"])
     return out
+
+
+def track(cfg: RunConfig, out: TrainOutput, history: list[dict], fingerprint: str) -> None:
+    """The run in MLflow (components.tracking): settings, per-epoch loss and validation, test metrics."""
+    from .tracking import flat, record
+
+    settings = {k: v for k, v in flat(cfg.to_dict()).items() if not k.startswith("tracking.")}
+    per_epoch = [(h["epoch"], {("loss" if k == "loss" else f"val/{k}"): v for k, v in h.items() if k != "epoch"})
+                 for h in history]  # fmt: skip
+    metrics = {**{f"test/{k}": v for k, v in out.test_metrics.items()},
+               **{f"popularity_test/{k}": v for k, v in out.popularity_test.items()},
+               "best_epoch": out.best_epoch, "train_seconds": out.train_seconds,
+               "examples_per_s": out.examples_per_s}  # fmt: skip
+    tags = {"dataset_fingerprint": fingerprint, "data.source": cfg.data.source}
+    record(cfg, cfg.out_dir, "train", params=settings, metrics=metrics, per_step=per_epoch, tags=tags)

@@ -6,6 +6,8 @@ import tempfile
 # A private BentoML model store for the test session (read by bentoml at import time).
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="recall-bentoml-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+# A private MLflow store per test process (components.tracking reads $MLFLOW_TRACKING_URI; DAG runs inherit it).
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tempfile.mkdtemp(prefix='recall-mlflow-')}/mlflow.db"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

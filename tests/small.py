@@ -19,3 +19,15 @@ def placed(out) -> list[str]:
 
 def flags(settings: list[str]) -> list[str]:
     return [a for s in settings for a in ("-s", s)]
+
+
+def tracked(run_dir):
+    """The MLflow run of a run directory (components.tracking): (run, its metric histories, artefact paths)."""
+    from mlflow.tracking import MlflowClient
+
+    from components.tracking import tracked_run
+
+    client = MlflowClient()
+    run = client.get_run(tracked_run(run_dir))
+    history = {k: [m.step for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
+    return run, history, sorted(a.path for a in client.list_artifacts(run.info.run_id))

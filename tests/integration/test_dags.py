@@ -14,7 +14,7 @@ from components import snapshots
 from components.airflow_local import asset_event_extras, asset_events, dags_test
 from components.registry import Registry
 from tests.dags import FEATURES_URI, tree
-from tests.small import LOOP, placed
+from tests.small import LOOP, placed, tracked
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,6 +203,11 @@ def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_th
     assert mv.meta["stage"] == "candidate" and mv.meta["gate"]["passed"]
     run_dir = out / "runs" / "ok"
     assert (run_dir / "report.html").exists() and json.loads((run_dir / "registered.json").read_text())["tag"] == mv.tag
+    tracked_run, history, artefacts = tracked(run_dir)  # each task logged its part into one MLflow run
+    assert tracked_run.data.params["model"] == "sasrec" and len(history["val/ndcg_at_10"]) >= 1
+    assert history["loss"] == history["val/ndcg_at_10"] and "report.html" in artefacts
+    assert tracked_run.data.tags["registered_version"] == mv.tag == "recall-sasrec:v1"
+    assert mv.meta["mlflow_run_id"] == tracked_run.info.run_id
 
     before = tree(out / "registry")
     bad = dags_test(
@@ -220,6 +225,7 @@ def test_training_dag_registers_a_candidate_then_an_impossible_floor_fails_at_th
     assert tree(out / "registry") == before  # nothing exported, registered or promoted
     verdict = json.loads((out / "runs" / "floor" / "gate.json").read_text())
     assert not verdict["passed"] and not (out / "runs" / "floor" / "package").exists()
+    assert tracked(out / "runs" / "floor")[0].data.tags["gate"] == "failed"  # the failed verdict is tracked too
 
 
 def test_item_refresh_dag_says_an_id_only_model_waits_for_training(airflow_env, features_run):

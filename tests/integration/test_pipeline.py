@@ -18,7 +18,7 @@ from components.cli import app
 from components.config import load_config
 from components.gate import GateFailed
 from components.registry import Registry
-from tests.small import LOOP, flags, placed
+from tests.small import LOOP, flags, placed, tracked
 
 pytestmark = pytest.mark.integration
 SETTINGS = LOOP
@@ -52,6 +52,15 @@ def test_run_registers_a_gated_candidate_with_report_and_leaves_routing_alone(wo
     ev = json.loads((run_dir / "evaluation.json").read_text())
     assert ev["test"]["ndcg@10"] > ev["popularity_test"]["ndcg@10"] and "recall@1" in ev["test"]
     assert not (out / "routing.yaml").exists()  # registering never serves: routing is the operator's
+    # The run in MLflow: settings, loss and validation per epoch, test metrics, report, verdict, version.
+    run, history, artefacts = tracked(run_dir)
+    assert run.data.params["model"] == "sasrec" and run.data.params["train.epochs"] == "8"
+    epochs = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert history["loss"] == history["val/ndcg_at_10"] == [h["epoch"] for h in epochs]
+    assert run.data.metrics["test/ndcg_at_10"] == pytest.approx(ev_test_ndcg := mv.meta["metrics"]["test"]["ndcg@10"])
+    assert ev_test_ndcg > 0 and {"report.html", "gate.json", "evaluation.json"} <= set(artefacts)
+    assert run.data.tags["gate"] == "passed" and run.data.tags["registered_version"] == "recall-sasrec:v1"
+    assert mv.meta["mlflow_run_id"] == run.info.run_id
 
 
 def test_impossible_floor_fails_at_the_gate_and_changes_nothing(world):

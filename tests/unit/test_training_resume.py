@@ -166,3 +166,20 @@ def test_progress_is_logged_where_no_bar_can_draw(caplog):
     assert lines[0].startswith("epoch 2/4: step 1/") and "examples/s, epoch ends in" in lines[0]
     assert "more for the run" in lines[0] and "more for the run" not in lines[-1]
     assert lines[-1].startswith(f"epoch 2/4: step {steps}/{steps},")
+
+
+def test_a_run_is_tracked_once_per_step_and_not_at_all_when_off(tmp_path):
+    """components.tracking: a repeated step (a retry) logs nothing twice; tracking off writes nothing."""
+    from components.tracking import STATE, record
+    from tests.small import tracked
+
+    cfg = load_config(None, [*SMALL, "model=sasrec", f"out_dir={tmp_path / 'run'}"])
+    out = run(cfg)
+    run_, history, _ = tracked(tmp_path / "run")
+    assert history["loss"] == [1, 2, 3, 4] and run_.data.params["train.epochs"] == "4"
+    assert run_.data.metrics["test/ndcg_at_10"] == pytest.approx(out.test_metrics["ndcg@10"])
+    again = record(cfg, tmp_path / "run", "train", per_step=[(1, {"loss": 9.0})])
+    assert again == run_.info.run_id and tracked(tmp_path / "run")[1]["loss"] == [1, 2, 3, 4]  # not logged again
+    off = load_config(None, [*SMALL, "model=sasrec", f"out_dir={tmp_path / 'off'}", "tracking.enabled=false"])
+    run(off)
+    assert not (tmp_path / "off" / STATE).exists()
