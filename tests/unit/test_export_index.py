@@ -179,7 +179,7 @@ def test_ivf_probing_every_cell_is_exact():
 
 
 def test_unknown_index_kind_names_the_choices():
-    with pytest.raises(ValueError, match="flat, hnsw, ivf_flat, ivf_pq"):
+    with pytest.raises(ValueError, match="Input should be 'flat', 'hnsw', 'ivf_flat' or 'ivf_pq'"):
         idx.IndexConfig("annoy")
 
 
