@@ -32,6 +32,7 @@ and the two sides do different work per example (3 sampled negatives there, our 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -190,11 +191,10 @@ def train_ours(model: str, matched: bool) -> None:
     from models.registry import build_model
     from models.trainer import MatchTrainer
 
-    overrides = ["data.source=ml100k", "train.progress=false"]
-    if matched:
-        overrides += PEER_COMMON + PEER_SETTINGS[model]
-        overrides.append(f"train.patience={load_config(None, overrides).train.epochs}")  # no early stopping
+    overrides = ["data.source=ml100k", "train.progress=false"] + (PEER_COMMON + PEER_SETTINGS[model] if matched else [])
     cfg = load_config(ROOT / "configs" / f"{model}.yaml", overrides)
+    if matched:  # every epoch the example runs: no early stopping
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, patience=cfg.train.epochs))
     seed_everything(cfg.train.seed)
     _, enc, split = prepare(cfg)
     net = build_model(cfg.model, enc.schema, **cfg.model_params)

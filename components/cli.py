@@ -48,8 +48,7 @@ class _PlainErrors(TyperGroup):
             code = _exit_code(e)
             if code is None or _verbose:
                 raise
-            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)  # one line, however long
-            raise typer.Exit(code) from None
+            _fail(str(e), code)
 
 
 app = typer.Typer(
@@ -111,7 +110,7 @@ def _refusals():
 
 def _fail(message: str, code: int = 1) -> NoReturn:
     """A user's mistake or a refusal: one line, no traceback."""
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line, however long
     raise typer.Exit(code)
 
 

@@ -11,10 +11,10 @@ process (``recall train``, ``recall pipeline run``) or as separate Airflow tasks
 - ``gate``: the verdict (tag ``gate``, the report again with the gate's section, ``gate.json``);
 - ``register``: the registered version's tag (and the version records the run id).
 
-The run's id is kept in ``tracking.json`` in the run directory with the steps already logged, so a
-retried or repeated step logs nothing twice. The store is ``tracking.uri`` — by default
-``$MLFLOW_TRACKING_URI`` when set, else a SQLite file ``runs/mlflow.db`` (artefacts beside it in
-``runs/mlartifacts``); a tracking server's URL works the same.
+The run's id and store are kept in ``tracking.json`` in the run directory with the steps already logged,
+so a retried or repeated step logs nothing twice and a step in another pod logs into the same run. The
+store is ``tracking.uri`` — by default ``$MLFLOW_TRACKING_URI`` when set, else a SQLite file
+``runs/mlflow.db`` (artefacts beside it in ``runs/mlartifacts``); a tracking server's URL works the same.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def record(
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if stage in state.get("stages", []):
         return state["run_id"]
-    uri = store_uri(cfg.tracking)
+    uri = state.get("uri") or store_uri(cfg.tracking)  # a later step (another pod) finds the run where it is
     client = _client(uri)
     run_id = state.get("run_id")
     if run_id is None:
@@ -116,7 +116,7 @@ def record(
         run = client.create_run(exp, run_name=run_dir.resolve().name, tags={"run_dir": str(run_dir.resolve()),
                                                                              "model": cfg.model})  # fmt: skip
         run_id = run.info.run_id
-        state = {"run_id": run_id, "uri": uri, "experiment": cfg.tracking.experiment, "stages": []}
+        state = {"run_id": run_id, "uri": uri, "stages": []}
         atomic_write_json(state_path, state)  # before logging: a retry continues this run, never starts another
     now = int(time.time() * 1000)
     ms = [Metric(key(k), float(v), now, 0) for k, v in (metrics or {}).items() if v == v]

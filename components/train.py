@@ -73,7 +73,7 @@ def resume_config(run_dir: str | Path) -> RunConfig:
         done = " (it holds a finished run)" if Path(run_dir, "model.pt").exists() else ""
         raise FileNotFoundError(f"nothing to resume in {run_dir}{done}: a run keeps train_state.pt from its first "
                                 "finished epoch until its checkpoint is written")  # fmt: skip
-    run = torch.load(state_path, map_location="cpu", weights_only=True).get("run")
+    run = torch.load(state_path, map_location="cpu", weights_only=True, mmap=True).get("run")  # weights not read
     if not run:
         raise ValueError(f"{state_path} does not record its run's settings (written by an older version); "
                          "start the run again with its config")  # fmt: skip
